@@ -1,0 +1,76 @@
+"""Checking a Hydra command line before Hydra runs it, so that a bad override, wrong
+type or unknown option is one line naming the key and what is valid."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from expflow.config.compose import (
+    CONFIG_NAME,
+    compose_config,
+    expand_sweep,
+    sweeper_params,
+    validate_config,
+)
+
+# Flags after which Hydra prints something instead of running a job.
+_INFO_FLAGS = {"-h", "--help", "--hydra-help", "--version", "--info", "-i", "-c", "--cfg",
+               "--shell-completion", "-sc", "--experimental-rerun"}
+_VALUE_FLAGS = {"-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "-p", "--package"}
+MAX_FULL_CHECKS = 64
+
+
+@dataclass
+class HydraArgs:
+    overrides: list[str] = field(default_factory=list)
+    multirun: bool = False
+    config_dir: str | None = None
+    config_name: str = CONFIG_NAME
+    info_only: bool = False
+
+
+def parse_hydra_argv(argv: Sequence[str]) -> HydraArgs:
+    out = HydraArgs()
+    it = iter(argv)
+    for arg in it:
+        flag, _, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if flag in _INFO_FLAGS or flag.split("=")[0] in _INFO_FLAGS:
+            out.info_only = True
+        elif arg in ("-m", "--multirun"):
+            out.multirun = True
+        elif flag in _VALUE_FLAGS:
+            value = inline or next(it, "")
+            if flag in ("-cd", "--config-dir"):
+                out.config_dir = value
+            elif flag in ("-cn", "--config-name"):
+                out.config_name = value
+        elif arg.startswith("-"):
+            continue
+        else:
+            out.overrides.append(arg)
+    return out
+
+
+def check_argv(argv: Sequence[str]) -> HydraArgs:
+    """Compose every job the command line describes; raises ConfigError (one line)."""
+    args = parse_hydra_argv(argv)
+    if args.info_only:
+        return args
+    kw = {"config_dir": args.config_dir, "config_name": args.config_name}
+    if not args.multirun:
+        validate_config(compose_config(args.overrides, **kw))
+        return args
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(args.overrides)
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    params = sweeper_params(compose_config(fixed, return_hydra_config=True, **kw))
+    jobs = expand_sweep(args.overrides, params)
+    if len(jobs) <= MAX_FULL_CHECKS:
+        for job in jobs:
+            validate_config(compose_config(job, **kw))
+    else:  # a large sweep: each distinct value once, on top of the fixed overrides
+        for value in sorted({o for job in jobs for o in job} - set(fixed)):
+            validate_config(compose_config([*fixed, value], **kw))
+    return args

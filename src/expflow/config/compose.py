@@ -1,0 +1,211 @@
+"""Composing configs with Hydra, expanding sweeps with Hydra's own parser, and turning
+Hydra/OmegaConf errors into one line that names the key and what is valid."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from expflow.config.schema import CHOICES, register_configs
+from expflow.errors import ConfigError
+
+CONFIG_NAME = "config"
+CONFIG_DIR_ENV = "EXPFLOW_CONFIG_DIR"
+
+
+def new_run_id() -> str:
+    return f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def register_resolvers() -> None:
+    # Cached per config object: every reference in one composed config sees one id.
+    OmegaConf.register_new_resolver("expflow_run_id", new_run_id, use_cache=True, replace=True)
+
+
+def setup() -> None:
+    register_configs()
+    register_resolvers()
+
+
+def conf_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The project's config directory: explicit, ``$EXPFLOW_CONFIG_DIR``, or ``./conf``."""
+    chosen = explicit or os.environ.get(CONFIG_DIR_ENV) or "conf"
+    path = Path(chosen).resolve()
+    if not (path / f"{CONFIG_NAME}.yaml").is_file():
+        raise ConfigError(
+            f"no config at {path}/{CONFIG_NAME}.yaml: run from a project root with conf/, "
+            f"or set {CONFIG_DIR_ENV}"
+        )
+    return path
+
+
+def compose_config(
+    overrides: Sequence[str] = (),
+    *,
+    config_dir: str | os.PathLike[str] | None = None,
+    config_name: str = CONFIG_NAME,
+    return_hydra_config: bool = False,
+) -> DictConfig:
+    """Compose the project's config with ``overrides``; errors become ConfigError."""
+    setup()
+    directory = conf_dir(config_dir)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(directory), version_base="1.3"):
+            cfg = compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        raise ConfigError(explain(e, directory, overrides)) from None
+    finally:
+        GlobalHydra.instance().clear()
+    return cfg
+
+
+# -- sweeps ----------------------------------------------------------------------
+def sweeper_params(cfg: DictConfig) -> dict[str, str]:
+    """``hydra.sweeper.params`` of a config composed with its hydra node."""
+    params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None)
+    if not params:
+        return {}
+    return {str(k): str(v) for k, v in params.items()}
+
+
+def expand_sweep(overrides: Sequence[str], params: dict[str, str] | None = None) -> list[list[str]]:
+    """All override lists of a sweep, in Hydra's BasicSweeper order.
+
+    ``overrides`` are command-line overrides (Hydra sweep syntax: ``a=1,2``,
+    ``seed=range(3)``); ``params`` are ``hydra.sweeper.params`` from the config,
+    which command-line overrides of the same key replace.
+    """
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(list(overrides))
+        keys = {o.key_or_group for o in parsed}
+        extra = [f"{k}={v}" for k, v in (params or {}).items() if k not in keys]
+        parsed = parser.parse_overrides(extra) + parsed
+    except OverrideParseException as e:
+        raise ConfigError(f"bad override: {_first_line(str(e))}") from None
+    axes: list[list[str]] = []
+    for o in parsed:
+        if o.is_sweep_override():
+            if o.is_interval_sweep():
+                raise ConfigError(
+                    f"override {o.input_line!r}: interval sweeps need an optimizing sweeper; "
+                    "use a list (a=1,2) or range(...)"
+                )
+            key = o.get_key_element()
+            axes.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+        else:
+            axes.append([o.input_line])
+    combos: list[list[str]] = [[]]
+    for axis in axes:
+        combos = [c + [v] for c in combos for v in axis]
+    return combos
+
+
+# -- validation ------------------------------------------------------------------
+def validate_config(cfg: DictConfig) -> None:
+    """Checks no schema type can express: fixed choices and value ranges."""
+    for key, valid in CHOICES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and value not in valid:
+            raise ConfigError(f"{key}: {value!r} is not valid; valid: {', '.join(valid)}")
+    for key, minimum in (
+        ("trainer.max_epochs", 1),
+        ("trainer.processes", 1),
+        ("trainer.log_every_n_steps", 1),
+        ("gpu.count", 0),
+        ("gpu.max_jobs_per_gpu", 1),
+        ("gpu.mem_mb", 0),
+        ("checkpoint.fast_keep", 0),
+        ("checkpoint.slow_every", 0),
+        ("checkpoint.slow_keep", 0),
+    ):
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and value < minimum:
+            raise ConfigError(f"{key}: {value} is out of range; valid: an integer >= {minimum}")
+    if OmegaConf.select(cfg, "trainer.heartbeat_s", default=1.0) <= 0:
+        raise ConfigError("trainer.heartbeat_s: must be > 0")
+
+
+# -- errors ----------------------------------------------------------------------
+def _first_line(text: str) -> str:
+    for line in str(text).splitlines():
+        if line.strip():
+            return line.strip()
+    return str(text).strip()
+
+
+def _chain(exc: BaseException) -> Iterable[BaseException]:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+
+
+def _valid_keys(directory: Path, parent: str) -> list[str]:
+    try:
+        with initialize_config_dir(config_dir=str(directory), version_base="1.3"):
+            cfg = compose(CONFIG_NAME)
+    except Exception:
+        return []
+    finally:
+        GlobalHydra.instance().clear()
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return sorted(str(k) for k in node.keys()) if isinstance(node, DictConfig) else []
+
+
+def explain(exc: BaseException, directory: Path, overrides: Sequence[str] = ()) -> str:
+    """One line for a composition error: which key or option, and what is valid."""
+    for e in _chain(exc):
+        if isinstance(e, MissingConfigException):
+            missing = e.missing_cfg_file or ""
+            options = [o for o in (e.options or []) if not o.startswith("schema")]
+            if "/" in missing and options:
+                group, _, name = missing.rpartition("/")
+                return f"unknown option {name!r} for config group {group!r}; valid: {', '.join(sorted(options))}"
+            if options:
+                return f"{_first_line(str(e))}; valid: {', '.join(sorted(options))}"
+            return _first_line(str(e))
+        if isinstance(e, OverrideParseException):
+            return f"bad override: {_first_line(str(e))}"
+    for e in _chain(exc):
+        if isinstance(e, OmegaConfBaseException) and getattr(e, "full_key", None):
+            key = str(e.full_key)
+            msg = _first_line(getattr(e, "msg", None) or str(e))
+            if "not in" in msg or "Key '" in msg and "not" in msg:
+                parent = key.rpartition(".")[0]
+                valid = _valid_keys(directory, parent)
+                hint = f"; valid keys{' under ' + repr(parent) if parent else ''}: {', '.join(valid)}" if valid else ""
+                return f"unknown key {key!r}{hint}"
+            override = next((o for o in overrides if o.lstrip("+~").split("=")[0] == key), None)
+            where = f" (override {override!r})" if override else ""
+            return f"{key}: {msg}{where}"
+    msg = _first_line(str(exc))
+    if msg.startswith("Could not override"):
+        # e.g. "Could not override 'trainer.foo'." (unknown key without a typed cause)
+        key = msg.split("'")[1] if "'" in msg else ""
+        parent = key.rpartition(".")[0]
+        valid = _valid_keys(directory, parent)
+        return f"unknown key {key!r}" + (f"; valid keys under {parent!r}: {', '.join(valid)}" if valid else "")
+    return msg
+
+
+def resolve(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain data, every interpolation resolved (errors name the key)."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", "") or ""
+        raise ConfigError(f"{key or 'config'}: {_first_line(getattr(e, 'msg', None) or str(e))}") from None

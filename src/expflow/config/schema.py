@@ -1,0 +1,165 @@
+"""Structured-config schemas. Registered in Hydra's ConfigStore so every group option
+that extends one is type-checked, and an unknown key fails at compose time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from expflow.package.codestore import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
+
+
+@dataclass
+class PathsConfig:
+    runs: str = "runs"  # where packages go
+    store: str = "${paths.runs}/.store"  # content-addressed code store, shared by packages
+
+
+@dataclass
+class CodeConfig:
+    root: str = "."
+    include: list[str] = field(default_factory=lambda: list(DEFAULT_INCLUDE))
+    exclude: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
+    # Import path of a snapshot, relative to code/: continue, rerun and analyze use it.
+    pythonpath: list[str] = field(default_factory=lambda: ["src", "."])
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: Any = MISSING  # _target_ node, _partial_: true
+    scheduler: Any = None  # _target_ node, _partial_: true, or null
+    scheduler_interval: str = "epoch"  # epoch | step
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 10
+    processes: int = 1  # > 1: torch DDP through torchrun (gloo on CPU, nccl on GPU)
+    log_every_n_steps: int = 10
+    grad_clip: float | None = None
+    deterministic: bool = True
+    threads: int | None = None  # torch intra-op threads; null leaves torch's default
+    heartbeat_s: float = 5.0
+    progress: str = "auto"  # auto | rich | plain | none
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class CheckpointConfig:
+    fast_keep: int = 2
+    slow_every: int = 5
+    slow_keep: int = 2
+    persistent_keep: int | None = None
+
+
+@dataclass
+class GpuConfig:
+    count: int = 1
+    mem_mb: int = 0
+    max_jobs_per_gpu: int = 1
+    allow_cpu: bool = True
+
+
+@dataclass
+class LifecycleConfig:
+    _target_: str = "expflow.lifecycle.Lifecycle"
+    validate_every: int = 1
+    save_every: int = 1
+    hold_every: int = 0
+    hold_best: str | None = None
+    hold_mode: str = "max"
+
+
+@dataclass
+class ExpflowConfig:
+    seed: int = 0
+    run_id: str = "${expflow_run_id:}"
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    code: CodeConfig = field(default_factory=CodeConfig)
+    model: Any = MISSING
+    dataset: Any = MISSING
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tracker: Any = MISSING
+    gpu: GpuConfig = field(default_factory=GpuConfig)
+    lifecycle: Any = field(default_factory=LifecycleConfig)
+
+
+# -- schemas of the shipped example options ---------------------------------------
+@dataclass
+class DigitsMLPConfig:
+    _target_: str = "expflow.examples.digits.MLP"
+    in_features: int = 64
+    hidden: list[int] = field(default_factory=lambda: [128, 64])
+    num_classes: int = 10
+    dropout: float = 0.0
+
+
+@dataclass
+class DigitsCNNConfig:
+    _target_: str = "expflow.examples.digits.CNN"
+    channels: list[int] = field(default_factory=lambda: [16, 32])
+    num_classes: int = 10
+    dropout: float = 0.0
+
+
+@dataclass
+class QuadraticMLPConfig:
+    _target_: str = "expflow.examples.regression.QuadraticMLP"
+    hidden: int = 16
+
+
+@dataclass
+class DigitsDataConfig:
+    _target_: str = "expflow.examples.digits.DigitsData"
+    batch_size: int = 64
+    val_fraction: float = 0.2
+    split_seed: int = 0
+
+
+@dataclass
+class QuadraticDataConfig:
+    _target_: str = "expflow.examples.regression.QuadraticData"
+    batch_size: int = 256
+    n_train: int = 4096
+    n_val: int = 101
+    split_seed: int = 0
+
+
+@dataclass
+class NullTrackerConfig:
+    _target_: str = "expflow.tracking.NullTracker"
+
+
+def register_configs() -> None:
+    """Register the schemas (idempotent). YAML options extend them through their
+    defaults list, e.g. ``- /schema/model@_here_: digits_mlp``."""
+    cs = ConfigStore.instance()
+    cs.store(name="expflow_schema", node=ExpflowConfig)
+    for group, name, node in (
+        ("model", "digits_mlp", DigitsMLPConfig),
+        ("model", "digits_cnn", DigitsCNNConfig),
+        ("model", "quadratic_mlp", QuadraticMLPConfig),
+        ("dataset", "digits", DigitsDataConfig),
+        ("dataset", "quadratic", QuadraticDataConfig),
+        ("optim", "optim", OptimConfig),
+        ("trainer", "trainer", TrainerConfig),
+        ("checkpoint", "checkpoint", CheckpointConfig),
+        ("tracker", "null", NullTrackerConfig),
+        ("gpu", "gpu", GpuConfig),
+    ):
+        cs.store(group=f"schema/{group}", name=name, node=node)
+
+
+# Keys whose valid values are a fixed set (checked after composition).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "optim.scheduler_interval": ("epoch", "step"),
+    "trainer.progress": ("auto", "rich", "plain", "none"),
+    "trainer.device": ("auto", "cpu", "cuda"),
+}

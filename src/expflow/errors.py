@@ -1,0 +1,41 @@
+"""Typed errors. Each carries the key or path it is about; the CLI edge turns them
+into one-line messages (never a traceback)."""
+
+from __future__ import annotations
+
+
+class ExpflowError(Exception):
+    """Base of every error expflow reports to the user as one line."""
+
+    exit_code = 2
+
+    def one_line(self) -> str:
+        return " ".join(str(self).split())
+
+
+class ConfigError(ExpflowError):
+    """A config value, key, override or option is invalid."""
+
+
+class PackageError(ExpflowError):
+    """A path is not a (valid) save-package, or the package cannot be used as asked."""
+
+
+class CheckpointError(PackageError):
+    """A checkpoint is missing, unreadable or corrupt."""
+
+
+class RecordError(PackageError):
+    """A metric record file is corrupt at a given position."""
+
+
+class RunCrashed(ExpflowError):
+    """The training code raised; the package is marked CRASHED."""
+
+    exit_code = 1
+
+
+class ReproductionMismatch(ExpflowError):
+    """A rerun's metrics differ from the original's."""
+
+    exit_code = 1

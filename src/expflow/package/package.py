@@ -1,0 +1,313 @@
+"""The save-package: one directory per run, the contract every stage reads and writes.
+
+Layout of ``runs/<run_id>/``::
+
+    manifest.json          format, run id, seed, overrides, fingerprint, git, versions,
+                           status history, devices, started/finished (written last on create)
+    config.yaml            the fully resolved config
+    .hydra/                Hydra's own config.yaml, hydra.yaml, overrides.yaml
+    code/  code.json       the code snapshot (hardlinks into the shared store) and its listing
+    checkpoints/           step-XXXXXXXX.pt files and index.json (fast/slow/persistent tracks)
+    metrics/records.log    append-only checksummed metric records
+    logs/rank<R>.out|err   stdout/stderr per rank
+    heartbeat.json         liveness of the process working on the package
+    tracker/  analysis/    tracker offline files, analysis outputs
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from expflow.atomic import atomic_write_json, atomic_write_text
+from expflow.errors import PackageError
+from expflow.package.checkpoints import CheckpointStore, RetentionPolicy
+from expflow.package.codestore import CodeFile, CodeStore, code_fingerprint, link_or_copy
+from expflow.package.records import RecordScan, RecordWriter, scan_records
+from expflow.package.status import Status, derive_status, process_identity
+from expflow.package.versions import environment_versions, git_state
+
+FORMAT = "expflow.package/1"
+MANIFEST = "manifest.json"
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def config_fingerprint(config: dict[str, Any]) -> str:
+    """Hash of the resolved config, without what names or places the run (run id, paths)."""
+    stripped = {k: v for k, v in config.items() if k not in ("run_id", "paths")}
+    return hashlib.sha256(json.dumps(stripped, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class SavePackage:
+    """A save-package directory. Create with :meth:`create`, open with :meth:`open`."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+
+    # -- layout ------------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def hydra_dir(self) -> Path:
+        return self.path / ".hydra"
+
+    @property
+    def code_dir(self) -> Path:
+        return self.path / "code"
+
+    @property
+    def code_listing_path(self) -> Path:
+        return self.path / "code.json"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def records_path(self) -> Path:
+        return self.path / "metrics" / "records.log"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.path / "logs"
+
+    @property
+    def heartbeat_path(self) -> Path:
+        return self.path / "heartbeat.json"
+
+    @property
+    def tracker_dir(self) -> Path:
+        return self.path / "tracker"
+
+    @property
+    def analysis_dir(self) -> Path:
+        return self.path / "analysis"
+
+    def log_path(self, rank: int, stream: str) -> Path:
+        return self.logs_dir / f"rank{rank}.{stream}"
+
+    # -- creation ------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        config: dict[str, Any],
+        overrides: Iterable[str] = (),
+        store: str | os.PathLike[str],
+        code_root: str | os.PathLike[str] | None = None,
+        code_include: Iterable[str] | None = None,
+        code_exclude: Iterable[str] | None = None,
+        code_from: SavePackage | None = None,
+        hydra_files: dict[str, str] | None = None,
+        origin: dict[str, Any] | None = None,
+    ) -> SavePackage:
+        """Materialize a new package. The manifest is written last: a directory without
+        one is an interrupted creation, never a package.
+
+        The code comes from ``code_root`` (snapshot of the working tree) or, for a
+        rerun, from another package's snapshot (``code_from``).
+        """
+        pkg = cls(path)
+        if pkg.manifest_path.exists():
+            raise PackageError(f"{pkg.path}: a package already exists here (use `expflow continue`)")
+        pkg.path.mkdir(parents=True, exist_ok=True)
+        run_id = str(config.get("run_id") or pkg.path.name)
+        code_store = CodeStore(store)
+        if code_from is not None:
+            entries = code_from.code_files()
+            pkg.code_dir.mkdir(exist_ok=True)
+            for e in entries:
+                dest = pkg.code_dir / e.path
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                link_or_copy(code_from.code_dir / e.path, dest)
+            git = code_from.manifest().get("git")
+        else:
+            from expflow.package import codestore
+
+            root = Path(code_root or ".").resolve()
+            entries = code_store.snapshot(
+                root,
+                pkg.code_dir,
+                include=code_include or codestore.DEFAULT_INCLUDE,
+                exclude=code_exclude or codestore.DEFAULT_EXCLUDE,
+                skip_dirs=[pkg.path.parent, code_store.root],
+            )
+            git = git_state(root)
+        atomic_write_json(pkg.code_listing_path, [asdict(e) for e in entries])
+        from omegaconf import OmegaConf
+
+        atomic_write_text(pkg.config_path, OmegaConf.to_yaml(OmegaConf.create(config)))
+        for name, text in (hydra_files or {}).items():
+            atomic_write_text(pkg.hydra_dir / name, text)
+        code_fp = code_fingerprint(entries)
+        cfg_fp = config_fingerprint(config)
+        now = utc_now()
+        manifest = {
+            "format": FORMAT,
+            "run_id": run_id,
+            "created": now,
+            "seed": config.get("seed"),
+            "overrides": list(overrides),
+            "fingerprint": hashlib.sha256(f"{code_fp}:{cfg_fp}".encode()).hexdigest(),
+            "fingerprints": {"code": code_fp, "config": cfg_fp},
+            "code": {"files": len(entries), "bytes": sum(e.size for e in entries), "store": str(Path(store).resolve())},
+            "git": git,
+            "versions": environment_versions(),
+            "status": Status.QUEUED.value,
+            "status_history": [{"status": Status.QUEUED.value, "time": now, **process_identity()}],
+            "gpus": [],
+            "device": None,
+            "started": None,
+            "finished": None,
+            "attempts": [],
+            "error": None,
+            "origin": origin,
+            "progress": {"epoch": 0, "step": 0, "max_epochs": _max_epochs(config)},
+        }
+        atomic_write_json(pkg.manifest_path, manifest)
+        return pkg
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> SavePackage:
+        pkg = cls(path)
+        if not pkg.path.exists():
+            raise PackageError(f"{pkg.path}: no such directory (expected a save-package, e.g. runs/<run_id>)")
+        if not pkg.path.is_dir():
+            raise PackageError(f"{pkg.path}: not a directory (expected a save-package)")
+        if not pkg.manifest_path.is_file():
+            raise PackageError(f"{pkg.path}: not a save-package (no {MANIFEST})")
+        m = pkg.manifest()
+        if m.get("format") != FORMAT:
+            raise PackageError(f"{pkg.manifest_path}: unknown package format {m.get('format')!r} (expected {FORMAT!r})")
+        return pkg
+
+    # -- manifest ----------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.manifest_path.read_text())
+        except FileNotFoundError:
+            raise PackageError(f"{self.path}: not a save-package (no {MANIFEST})") from None
+        except (OSError, ValueError) as e:
+            raise PackageError(f"{self.manifest_path}: unreadable manifest ({e})") from None
+        if not isinstance(data, dict):
+            raise PackageError(f"{self.manifest_path}: not a manifest (expected a JSON object)")
+        return data
+
+    @property
+    def run_id(self) -> str:
+        return str(self.manifest().get("run_id", self.path.name))
+
+    def update_manifest(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Read-modify-write the manifest under the package lock; atomic on disk."""
+        with FileLock(str(self.path / ".manifest.lock"), timeout=60):
+            m = self.manifest()
+            change(m)
+            atomic_write_json(self.manifest_path, m)
+            return m
+
+    def set_status(self, status: Status, **fields: Any) -> dict[str, Any]:
+        now = utc_now()
+
+        def change(m: dict[str, Any]) -> None:
+            m["status"] = status.value
+            entry = {"status": status.value, "time": now, **process_identity()}
+            if "note" in fields:
+                entry["note"] = fields.pop("note")
+            m.setdefault("status_history", []).append(entry)
+            if status is Status.RUNNING and not m.get("started"):
+                m["started"] = now
+            if status is Status.RUNNING:
+                m["finished"] = None
+            if status in (Status.COMPLETED, Status.CRASHED):
+                m["finished"] = now
+            m.update(fields)
+
+        return self.update_manifest(change)
+
+    def beat(self, **fields: Any) -> None:
+        atomic_write_json(self.heartbeat_path, {"time": time.time(), **process_identity(), **fields})
+
+    def heartbeat(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.heartbeat_path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def status(self, heartbeat_timeout: float = 60.0) -> Status:
+        """The status as it is now: a recorded active status whose process died is CRASHED."""
+        m = self.manifest()
+        try:
+            recorded = Status(m.get("status"))
+        except ValueError:
+            raise PackageError(f"{self.manifest_path}: unknown status {m.get('status')!r}") from None
+        history = m.get("status_history") or [{}]
+        hb = self.heartbeat()
+        writer = history[-1]
+        if hb and hb.get("pid") and hb.get("time", 0) >= _iso_to_ts(writer.get("time")):
+            writer = hb
+        return derive_status(recorded, writer, hb.get("time") if hb else None, heartbeat_timeout)
+
+    # -- contents ------------------------------------------------------------------
+    def config(self) -> Any:
+        from omegaconf import OmegaConf
+
+        try:
+            return OmegaConf.load(self.config_path)
+        except FileNotFoundError:
+            raise PackageError(f"{self.config_path}: missing resolved config") from None
+        except Exception as e:
+            raise PackageError(f"{self.config_path}: unreadable config ({e.__class__.__name__})") from None
+
+    def code_files(self) -> list[CodeFile]:
+        try:
+            return [CodeFile(**e) for e in json.loads(self.code_listing_path.read_text())]
+        except (OSError, ValueError, TypeError) as e:
+            raise PackageError(f"{self.code_listing_path}: unreadable code listing ({e})") from None
+
+    def checkpoints(self, policy: RetentionPolicy | None = None) -> CheckpointStore:
+        if policy is None:
+            ck = (self.config().get("checkpoint") or {})
+            policy = RetentionPolicy(
+                fast_keep=ck.get("fast_keep", 2),
+                slow_every=ck.get("slow_every", 5),
+                slow_keep=ck.get("slow_keep", 2),
+                persistent_keep=ck.get("persistent_keep"),
+            )
+        return CheckpointStore(self.checkpoints_dir, policy)
+
+    def scan_records(self, strict: bool = False) -> RecordScan:
+        return scan_records(self.records_path, strict=strict)
+
+    def record_writer(self) -> RecordWriter:
+        return RecordWriter(self.records_path)
+
+
+def _max_epochs(config: dict[str, Any]) -> int | None:
+    trainer = config.get("trainer") or {}
+    return trainer.get("max_epochs") if isinstance(trainer, dict) else None
+
+
+def _iso_to_ts(value: Any) -> float:
+    try:
+        return datetime.fromisoformat(str(value)).timestamp()
+    except (TypeError, ValueError):
+        return 0.0

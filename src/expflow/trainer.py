@@ -1,0 +1,446 @@
+"""Training: materialize a save-package from a config, then run it (fresh or continued).
+
+``train(cfg)`` is the plain function behind ``python -m expflow.train``;
+``execute(pkg)`` runs a package in this process (one rank); ``launch(pkg)`` runs it
+in child processes: under torchrun for DDP, or from the package's code snapshot
+(continue and rerun).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from expflow.config import resolve, setup, validate_config
+from expflow.errors import CheckpointError, ExpflowError, RunCrashed
+from expflow.package import SavePackage, Status
+from expflow.package.records import RecordWriter
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class RunResult:
+    package: SavePackage
+    status: Status
+    metrics: dict[str, float]
+
+
+# -- entry points -----------------------------------------------------------------
+def create_package(
+    cfg: DictConfig,
+    *,
+    overrides: Sequence[str] = (),
+    package_dir: str | os.PathLike[str] | None = None,
+    hydra_files: dict[str, str] | None = None,
+) -> SavePackage:
+    """Validate ``cfg`` and materialize its package (code snapshot before training starts)."""
+    setup()
+    validate_config(cfg)
+    container = resolve(cfg)
+    if package_dir is not None:
+        container["run_id"] = Path(package_dir).name
+    else:
+        package_dir = Path(container["paths"]["runs"]) / container["run_id"]
+    code = container["code"]
+    return SavePackage.create(
+        package_dir,
+        config=container,
+        overrides=overrides,
+        store=container["paths"]["store"],
+        code_root=code["root"],
+        code_include=code["include"],
+        code_exclude=code["exclude"],
+        hydra_files=hydra_files,
+    )
+
+
+def train(
+    cfg: DictConfig,
+    *,
+    overrides: Sequence[str] = (),
+    package_dir: str | os.PathLike[str] | None = None,
+    hydra_files: dict[str, str] | None = None,
+) -> RunResult:
+    """Materialize the package for ``cfg`` and train it to the end."""
+    pkg = create_package(cfg, overrides=overrides, package_dir=package_dir, hydra_files=hydra_files)
+    if int(cfg.trainer.processes) > 1:
+        return launch(pkg)
+    return execute(pkg)
+
+
+def launch(
+    pkg: SavePackage,
+    *,
+    resume: str | int | None = None,
+    from_snapshot: bool = False,
+    extra_env: dict[str, str] | None = None,
+) -> RunResult:
+    """Run ``pkg`` in child processes: torchrun for ``trainer.processes > 1``; with
+    ``from_snapshot`` the package's own code comes first on the import path."""
+    cfg = pkg.config()
+    env = dict(os.environ, **(extra_env or {}))
+    if from_snapshot:
+        paths = [str((pkg.code_dir / p).resolve()) for p in OmegaConf.select(cfg, "code.pythonpath", default=["src", "."])]
+        env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        env["PYTHONSAFEPATH"] = "1"  # the working directory must not shadow the snapshot
+    worker = ["-m", "expflow.worker", str(pkg.path.resolve())]
+    if resume is not None:
+        worker += ["--resume", str(resume)]
+    processes = int(OmegaConf.select(cfg, "trainer.processes", default=1))
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+                     f"--nproc-per-node={processes}"]
+    cmd = launcher + worker
+    proc = subprocess.run(cmd, env=env)
+    status = pkg.status()
+    if proc.returncode != 0 or status is not Status.COMPLETED:
+        error = pkg.manifest().get("error") or {}
+        detail = f"{error.get('type')}: {error.get('message')}" if error else f"exit code {proc.returncode}"
+        raise RunCrashed(f"run {pkg.run_id} crashed: {detail} (logs in {pkg.logs_dir})")
+    return RunResult(pkg, status, _last_metrics(pkg))
+
+
+def _last_metrics(pkg: SavePackage) -> dict[str, float]:
+    from expflow.package import last_values
+
+    return last_values(pkg.scan_records().records)
+
+
+# -- one rank ---------------------------------------------------------------------
+class Heartbeat:
+    """Rewrites the package's heartbeat file every ``interval`` seconds (rank 0)."""
+
+    def __init__(self, pkg: SavePackage, interval: float):
+        self.pkg = pkg
+        self.interval = interval
+        self.fields: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="expflow-heartbeat", daemon=True)
+
+    def start(self) -> Heartbeat:
+        self.pkg.beat(**self.fields)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.pkg.beat(**self.fields)
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+
+def execute(pkg: SavePackage, *, resume: str | int | None = None) -> RunResult:
+    """Run ``pkg`` in this process as one rank (torchrun sets RANK/WORLD_SIZE).
+
+    ``resume``: None starts from scratch; ``"latest"`` or a step continues from that
+    checkpoint (from scratch when the package has none yet).
+    """
+    from expflow.distributed import DistEnv
+    from expflow.runlog import RankLogs
+
+    env = DistEnv.from_env()
+    with RankLogs(pkg.logs_dir, env.rank) as logs:
+        try:
+            return _execute(pkg, resume, env, logs)
+        except RunCrashed:
+            raise
+        except ExpflowError:
+            raise
+        except BaseException as e:
+            assert logs.err is not None
+            logs.err.write(traceback.format_exc())
+            logs.err.flush()
+            if isinstance(e, KeyboardInterrupt):
+                raise RunCrashed(f"run {pkg.run_id} interrupted (package can be continued)") from None
+            raise RunCrashed(
+                f"run {pkg.run_id} crashed: {e.__class__.__name__}: {e} (traceback in {logs.err_path})"
+            ) from None
+
+
+def _execute(pkg: SavePackage, resume: str | int | None, env: Any, logs: Any) -> RunResult:
+    import torch
+
+    from expflow import distributed
+    from expflow.gpu import resolve_device
+    from expflow.seeding import seed_everything
+
+    cfg = pkg.config()
+    main = env.is_main
+    writer = pkg.record_writer() if main else None
+    heartbeat = Heartbeat(pkg, float(cfg.trainer.heartbeat_s)) if main else None
+    tracker = None
+    try:
+        if main:
+            pkg.set_status(Status.PREPARING, error=None, note="continue" if resume is not None else "train")
+            heartbeat.start()  # type: ignore[union-attr]
+        device = resolve_device(cfg.trainer.device, int(cfg.gpu.count), bool(cfg.gpu.allow_cpu), env.local_rank)
+        distributed.init(env, device)
+        if cfg.trainer.threads:
+            torch.set_num_threads(int(cfg.trainer.threads))
+        seed_everything(int(cfg.seed), bool(cfg.trainer.deterministic))
+        run = _Run(pkg, cfg, env, device, writer, logs, heartbeat)
+        tracker = run.tracker
+        if resume is not None:
+            run.restore(resume)
+        if main:
+            pkg.set_status(
+                Status.RUNNING,
+                device=str(device),
+                gpus=[device.index] if device.type == "cuda" else [],
+                world_size=env.world_size,
+            )
+        run.loop()
+        distributed.barrier()
+        if main:
+            pkg.set_status(Status.COMPLETED, progress=run.progress())
+            tracker.finish("COMPLETED")
+        return RunResult(pkg, Status.COMPLETED, dict(run.state.metrics))
+    except BaseException as e:
+        if main:
+            try:
+                pkg.set_status(
+                    Status.CRASHED,
+                    error={"type": e.__class__.__name__, "message": str(e)[:2000], "log": str(logs.err_path)},
+                )
+            except Exception:
+                pass
+            if tracker is not None:
+                try:
+                    tracker.finish("CRASHED")
+                except Exception:
+                    pass
+        raise
+    finally:
+        if heartbeat is not None:
+            heartbeat.stop()
+        if writer is not None:
+            writer.close()
+        distributed.shutdown()
+
+
+class _Run:
+    """The objects of one training run and its loop."""
+
+    def __init__(self, pkg: SavePackage, cfg: DictConfig, env: Any, device: Any,
+                 writer: RecordWriter | None, logs: Any, heartbeat: Heartbeat | None = None):
+        import torch
+        from hydra.utils import instantiate
+
+        from expflow.data import Shard, train_loader, val_loader
+        from expflow.lifecycle import TrainState
+        from expflow.runlog import ProgressReporter
+        from expflow.tracking import NullTracker
+
+        self.pkg, self.cfg, self.env, self.device, self.writer = pkg, cfg, env, device, writer
+        self.heartbeat = heartbeat
+        self.data = instantiate(cfg.dataset)
+        model = instantiate(cfg.model).to(device)
+        if env.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.model = model
+        self.optimizer = instantiate(cfg.optim.optimizer)(model.parameters())
+        sched = cfg.optim.get("scheduler")
+        self.scheduler = instantiate(sched)(self.optimizer) if sched else None
+        self.lifecycle = instantiate(cfg.lifecycle)
+        self.tracker = instantiate(cfg.tracker) if env.is_main else NullTracker()
+        if env.is_main:
+            self.tracker.log_config(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+        shard = Shard(env.rank, env.world_size)
+        self.train_dl, self.sampler = train_loader(self.data, int(cfg.seed), shard)
+        self.val_dl = val_loader(self.data, shard)
+        self.steps_per_epoch = len(self.train_dl)
+        self.state = TrainState(config=cfg, max_epochs=int(cfg.trainer.max_epochs), rank=env.rank)
+        self.reporter = ProgressReporter(
+            str(cfg.trainer.progress), logs, self.steps_per_epoch * self.state.max_epochs,
+            pkg.path.name, enabled=env.is_main,
+        )
+        self._torch = torch
+
+    # -- checkpoints -------------------------------------------------------------
+    def _unwrapped(self) -> Any:
+        return getattr(self.model, "module", self.model)
+
+    def restore(self, resume: str | int) -> None:
+        from expflow.seeding import restore_rng_state
+
+        store = self.pkg.checkpoints()
+        step = None if resume == "latest" else int(resume)
+        if step is None and not store.list():
+            start = -1  # killed before the first checkpoint: start over, drop its records
+            self.reporter.line(f"[{self.pkg.path.name}] no checkpoint yet: starting from the beginning")
+        else:
+            info = store.find(step)
+            ck = store.load(info, map_location=self.device)
+            if ck.get("format") != CHECKPOINT_FORMAT:
+                raise CheckpointError(f"{store.dir / info.file}: unknown checkpoint format {ck.get('format')!r}")
+            self._unwrapped().load_state_dict(ck["model"])
+            self.optimizer.load_state_dict(ck["optimizer"])
+            if self.scheduler is not None and ck.get("scheduler") is not None:
+                self.scheduler.load_state_dict(ck["scheduler"])
+            self.lifecycle.load_state_dict(ck.get("lifecycle") or {})
+            rng = ck["rng"]
+            restore_rng_state(rng[self.env.rank] if len(rng) == self.env.world_size else rng[0])
+            self.state.epoch, self.state.step = int(ck["epoch"]), int(ck["step"])
+            self.state.metrics = dict(ck.get("metrics") or {})
+            start = info.step
+            self.reporter.line(f"[{self.pkg.path.name}] continuing from checkpoint at step {info.step} (epoch {info.epoch})")
+        if self.env.is_main:
+            store.truncate_after(start)
+            assert self.writer is not None
+            self.writer.rollback(start)
+            self.pkg.update_manifest(lambda m: m.setdefault("attempts", []).append(
+                {"kind": "continue", "from_step": start, "time": _now()}))
+
+    def save(self, hold: bool) -> None:
+        from expflow import distributed
+        from expflow.seeding import capture_rng_state
+
+        rng = distributed.gather_objects(capture_rng_state())
+        if self.env.is_main:
+            state = {
+                "format": CHECKPOINT_FORMAT,
+                "model": self._unwrapped().state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "lifecycle": self.lifecycle.state_dict(),
+                "rng": rng,
+                "world_size": self.env.world_size,
+                "step": self.state.step,
+                "epoch": self.state.epoch,
+                "metrics": dict(self.state.metrics),
+                "config": OmegaConf.to_container(self.cfg, resolve=True),
+            }
+            self.pkg.checkpoints().save(state, step=self.state.step, epoch=self.state.epoch, hold=hold)
+        distributed.barrier()
+
+    # -- metrics ---------------------------------------------------------------
+    def log(self, values: dict[str, float], epoch: int) -> None:
+        self.state.metrics.update(values)
+        if self.writer is not None:
+            self.writer.log(values, step=self.state.step, epoch=epoch)
+            self.tracker.log(values, self.state.step)
+
+    def progress(self) -> dict[str, Any]:
+        return {"epoch": self.state.epoch, "step": self.state.step, "max_epochs": self.state.max_epochs,
+                "steps_per_epoch": self.steps_per_epoch}
+
+    # -- the loop ------------------------------------------------------------------
+    def loop(self) -> None:
+        from expflow.lifecycle import SKIP
+
+        lc, state = self.lifecycle, self.state
+        try:
+            if lc.before_run(state) != SKIP:
+                while lc.need_continue(state):
+                    self.one_epoch()
+            lc.after_run(state)
+        finally:
+            self.reporter.close()
+
+    def one_epoch(self) -> None:
+        from expflow import distributed
+        from expflow.data import to_device
+        from expflow.lifecycle import SKIP
+        from expflow.runlog import format_metrics
+
+        torch, lc, state, cfg = self._torch, self.lifecycle, self.state, self.cfg
+        epoch_no = state.epoch + 1
+        if lc.before_epoch(state) != SKIP:
+            self.sampler.set_epoch(state.epoch)
+            self.model.train()
+            loss_sum = torch.zeros((), device=self.device)
+            count = torch.zeros((), device=self.device)
+            log_every = int(cfg.trainer.log_every_n_steps)
+            for b, batch in enumerate(self.train_dl):
+                state.batch = b
+                if lc.before_train_step(state) == SKIP:
+                    lc.after_train_step(state)
+                    continue
+                x, y = to_device(batch, self.device)  # type: ignore[misc]
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = self.data.task.loss(self.model(x), y)
+                loss.backward()
+                if cfg.trainer.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(cfg.trainer.grad_clip))
+                self.optimizer.step()
+                if self.scheduler is not None and cfg.optim.scheduler_interval == "step":
+                    self.scheduler.step()
+                state.step += 1
+                n = torch.tensor(float(len(y)), device=self.device)
+                loss_sum += loss.detach() * n
+                count += n
+                if state.step % log_every == 0:
+                    mean = distributed.all_reduce_sum(loss.detach()) / self.env.world_size
+                    self.log({"train/loss": mean.item(), "train/lr": self.optimizer.param_groups[0]["lr"]}, epoch_no)
+                lc.after_train_step(state)
+                self.reporter.advance(state.step, f"epoch {epoch_no}/{state.max_epochs}")
+            if self.scheduler is not None and cfg.optim.scheduler_interval == "epoch":
+                self.scheduler.step()
+            total = distributed.all_reduce_sum(torch.stack([loss_sum, count]))
+            epoch_values = {"train/epoch_loss": (total[0] / total[1].clamp(min=1)).item()}
+        else:
+            epoch_values = {}
+        state.epoch = epoch_no
+        state.batch = 0
+        lc.after_epoch(state)
+        if lc.need_validation(state):
+            if lc.before_validation(state) != SKIP:
+                epoch_values.update(self.validate())
+            lc.after_validation(state)
+        if epoch_values:
+            self.log(epoch_values, epoch_no)
+        self.reporter.line(
+            f"[{self.pkg.path.name}] epoch {epoch_no}/{state.max_epochs} step {state.step} {format_metrics(epoch_values)}"
+        )
+        if lc.need_save(state):
+            if lc.before_save(state) != SKIP:
+                self.save(hold=bool(lc.hold_checkpoint(state)))
+            lc.after_save(state)
+        if self.env.is_main:
+            self.pkg.update_manifest(lambda m: m.__setitem__("progress", self.progress()))
+        if self.heartbeat is not None:
+            self.heartbeat.fields = {"step": state.step, "epoch": state.epoch}
+
+    def validate(self) -> dict[str, float]:
+        from expflow import distributed
+        from expflow.data import to_device
+
+        torch = self._torch
+        self.model.eval()
+        sums: dict[str, Any] = {}
+        count = torch.zeros((), device=self.device)
+        with torch.no_grad():
+            for batch in self.val_dl:
+                x, y = to_device(batch, self.device)  # type: ignore[misc]
+                for k, v in self.data.task.metric_sums(self.model(x), y).items():
+                    sums[k] = sums.get(k, 0) + v.detach().to(torch.float64)
+                count += len(y)
+        keys = sorted(sums)
+        stacked = distributed.all_reduce_sum(torch.stack([*(sums[k] for k in keys), count.to(torch.float64)]))
+        n = stacked[-1].clamp(min=1)
+        return {f"val/{k}": (stacked[i] / n).item() for i, k in enumerate(keys)}
+
+
+def _now() -> str:
+    from expflow.package import utc_now
+
+    return utc_now()
