@@ -1,0 +1,5 @@
+import sys
+
+from expflow.cli import main
+
+sys.exit(main())

@@ -1,0 +1,61 @@
+"""Shared fixtures: compose configs from the repo's conf/, write packages under tmp_path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def small_overrides(runs: Path, *extra: str) -> list[str]:
+    """A tiny CPU run writing into ``runs``."""
+    return [
+        "+freq=smoke",
+        f"paths.runs={runs}",
+        f"code.root={REPO}",
+        "trainer.threads=1",
+        *extra,
+    ]
+
+
+@pytest.fixture
+def compose():
+    from expflow.config import compose_config
+
+    def _compose(overrides=(), **kw):
+        return compose_config(list(overrides), config_dir=CONF, **kw)
+
+    return _compose
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    return tmp_path / "runs"
+
+
+def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: float = 300,
+            module: str = "expflow.cli") -> subprocess.CompletedProcess:
+    """Run ``python -m <module> args`` and capture its output."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=full_env,
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    err = proc.stderr.strip()
+    assert "Traceback" not in proc.stderr + proc.stdout, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line, got:\n{err}"
+    for n in needles:
+        assert n in lines[0], f"{n!r} not in {lines[0]!r}"

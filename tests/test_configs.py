@@ -1,0 +1,123 @@
+"""Every option of every config group composes and instantiates; bad input is one line."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from expflow.config import expand_sweep, sweeper_params, validate_config
+from expflow.errors import ConfigError
+
+from .conftest import CONF, assert_one_line_error, run_cli
+
+GROUPS = ["model", "dataset", "optim", "trainer", "checkpoint", "tracker", "gpu"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+CASES = [f"{g}={o}" for g in GROUPS for o in options(g)] + [f"+freq={o}" for o in options("freq")]
+
+
+def instantiate_all(cfg):
+    model = instantiate(cfg.model)
+    assert isinstance(model, torch.nn.Module)
+    data = instantiate(cfg.dataset)
+    x, y = next(iter(torch.utils.data.DataLoader(data.train_set, batch_size=4)))
+    out = model(x)
+    assert data.task.loss(out, y).ndim == 0  # model and dataset fit together
+    opt = instantiate(cfg.optim.optimizer)(model.parameters())
+    if cfg.optim.scheduler is not None:
+        instantiate(cfg.optim.scheduler)(opt)
+    instantiate(cfg.lifecycle)
+    tracker = instantiate(cfg.tracker)
+    tracker.log({"a": 1.0}, step=0)
+
+
+@pytest.mark.parametrize("override", CASES)
+def test_every_option_composes_and_instantiates(compose, override):
+    overrides = [override]
+    if override.startswith("model=") and "quadratic" in override:
+        overrides.append("dataset=quadratic")
+    if override.startswith("dataset=") and "quadratic" in override:
+        overrides.append("model=quadratic_mlp")
+    cfg = compose(overrides)
+    validate_config(cfg)
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    instantiate_all(cfg)
+
+
+def test_groups_have_options():
+    for g in GROUPS + ["freq"]:
+        assert options(g), g
+
+
+def test_required_knobs_exist(compose):
+    cfg = compose([])
+    assert cfg.seed == 0 and cfg.trainer.max_epochs >= 1 and cfg.paths.runs == "runs"
+    assert cfg.optim.optimizer._partial_ and cfg.optim.scheduler._partial_
+    assert cfg.model._target_.endswith("MLP") and cfg.dataset._target_.endswith("DigitsData")
+
+
+def test_run_id_is_one_value_per_config(compose):
+    cfg = compose([])
+    assert cfg.run_id == cfg.run_id
+    assert compose([]).run_id != cfg.run_id
+
+
+def test_lr_sweep_declares_values(compose):
+    cfg = compose(["+freq=lr_sweep"], return_hydra_config=True)
+    assert cfg.optim.lr == 3e-3
+    jobs = expand_sweep([], sweeper_params(cfg))
+    assert jobs == [["optim.lr=0.001"], ["optim.lr=0.003"], ["optim.lr=0.01"]]
+
+
+def test_command_line_sweep_replaces_declared_values():
+    jobs = expand_sweep(["optim.lr=0.5", "seed=range(2)"], {"optim.lr": "1,2,3"})
+    assert jobs == [["optim.lr=0.5", "seed=0"], ["optim.lr=0.5", "seed=1"]]
+
+
+@pytest.mark.parametrize(
+    "override, needles",
+    [
+        (["trainer.max_epochs=abc"], ["trainer.max_epochs", "Integer"]),
+        (["model=nope"], ["'nope'", "'model'", "cnn, mlp"]),
+        (["trainer.nope=1"], ["'trainer.nope'", "max_epochs"]),
+        (["nope=1"], ["'nope'", "trainer"]),
+        (["optim.scheduler_interval=hourly"], ["optim.scheduler_interval", "epoch, step"]),
+        (["trainer.max_epochs=0"], ["trainer.max_epochs", ">= 1"]),
+        (["+freq=nope"], ["'nope'", "lr_sweep"]),
+        (["trainer.max_epochs=[1"], ["bad override"]),
+    ],
+)
+def test_bad_config_is_a_config_error_naming_the_key(compose, override, needles):
+    with pytest.raises(ConfigError) as info:
+        validate_config(compose(override))
+    msg = info.value.one_line()
+    for n in needles:
+        assert n in msg, msg
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["trainer.max_epochs=abc"], ["trainer.max_epochs"]),
+        (["model=nope"], ["cnn, mlp"]),
+        (["trainer.nope=1"], ["trainer.nope"]),
+        (["-m", "optim.lr=0.1,abc"], ["optim.lr", "Float"]),
+    ],
+)
+def test_train_command_bad_input_is_one_line(tmp_path, args, needles):
+    proc = run_cli(*args, f"paths.runs={tmp_path}", module="expflow.train", timeout=120)
+    assert_one_line_error(proc, *needles)
+    assert not any(Path(tmp_path).iterdir())  # nothing was created
+
+
+@pytest.mark.slow
+def test_train_outside_a_project_is_one_line(tmp_path):
+    proc = run_cli(cwd=tmp_path, module="expflow.train", timeout=120)
+    assert_one_line_error(proc, "conf/config.yaml")
