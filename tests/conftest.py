@@ -18,7 +18,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 def small_overrides(runs: Path, *extra: str) -> list[str]:
     """A tiny CPU run writing into ``runs``."""
     return [
-        "+freq=smoke",
+        "trainer=debug",
+        "gpu=cpu",
         f"paths.runs={runs}",
         f"code.root={REPO}",
         "trainer.threads=1",

@@ -36,8 +36,9 @@ def cmd_continue(args: argparse.Namespace) -> int:
     if status.active:
         raise PackageError(f"{pkg.path}: the run is {status.value} in a live process; stop it before continuing")
     store = pkg.checkpoints()
-    if args.checkpoint is not None:
-        store.find(args.checkpoint)  # fails early, listing the valid steps
+    if args.checkpoint is not None or store.list():
+        # Fail early, in this process, on a missing or corrupt checkpoint.
+        store.load(store.find(args.checkpoint), map_location="cpu")
     elif status is Status.COMPLETED and not args.force:
         Console().print(f"{pkg.run_id} is already COMPLETED; nothing to continue (use --checkpoint STEP to resume an earlier one)")
         return 0
@@ -88,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ExpflowError as e:
-        print(f"expflow: error: {e.one_line()}", file=sys.stderr)
+        if not e.reported:
+            print(f"expflow: error: {e.one_line()}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("expflow: interrupted", file=sys.stderr)

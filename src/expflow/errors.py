@@ -8,6 +8,7 @@ class ExpflowError(Exception):
     """Base of every error expflow reports to the user as one line."""
 
     exit_code = 2
+    reported = False  # already printed (by a child process): the CLI edge stays silent
 
     def one_line(self) -> str:
         return " ".join(str(self).split())

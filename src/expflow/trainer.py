@@ -46,11 +46,13 @@ def create_package(
     """Validate ``cfg`` and materialize its package (code snapshot before training starts)."""
     setup()
     validate_config(cfg)
-    container = resolve(cfg)
-    if package_dir is not None:
-        container["run_id"] = Path(package_dir).name
+    cfg = cfg.copy()
+    if package_dir is None:
+        cfg.run_id = str(cfg.run_id)  # resolve the generated id once
+        package_dir = Path(str(cfg.paths.runs)) / cfg.run_id
     else:
-        package_dir = Path(container["paths"]["runs"]) / container["run_id"]
+        cfg.run_id = Path(package_dir).name
+    container = resolve(cfg)
     code = container["code"]
     return SavePackage.create(
         package_dir,
@@ -107,7 +109,9 @@ def launch(
     if proc.returncode != 0 or status is not Status.COMPLETED:
         error = pkg.manifest().get("error") or {}
         detail = f"{error.get('type')}: {error.get('message')}" if error else f"exit code {proc.returncode}"
-        raise RunCrashed(f"run {pkg.run_id} crashed: {detail} (logs in {pkg.logs_dir})")
+        error = RunCrashed(f"run {pkg.run_id} crashed: {detail} (logs in {pkg.logs_dir})")
+        error.reported = proc.returncode != 0  # the child printed its own one-line error
+        raise error
     return RunResult(pkg, status, _last_metrics(pkg))
 
 
@@ -183,6 +187,9 @@ def _execute(pkg: SavePackage, resume: str | int | None, env: Any, logs: Any) ->
 
     cfg = pkg.config()
     main = env.is_main
+    # Find and verify the checkpoint before touching the package: a bad one must not
+    # turn a package into CRASHED or append anything to it.
+    checkpoint = _checkpoint_to_resume(pkg, resume) if resume is not None else None
     writer = pkg.record_writer() if main else None
     heartbeat = Heartbeat(pkg, float(cfg.trainer.heartbeat_s)) if main else None
     tracker = None
@@ -198,7 +205,7 @@ def _execute(pkg: SavePackage, resume: str | int | None, env: Any, logs: Any) ->
         run = _Run(pkg, cfg, env, device, writer, logs, heartbeat)
         tracker = run.tracker
         if resume is not None:
-            run.restore(resume)
+            run.restore(checkpoint)
         if main:
             pkg.set_status(
                 Status.RUNNING,
@@ -279,19 +286,16 @@ class _Run:
     def _unwrapped(self) -> Any:
         return getattr(self.model, "module", self.model)
 
-    def restore(self, resume: str | int) -> None:
+    def restore(self, checkpoint: tuple[Any, dict[str, Any]] | None) -> None:
+        """Load a verified checkpoint (None: none yet, start over) and roll the records back."""
         from expflow.seeding import restore_rng_state
 
         store = self.pkg.checkpoints()
-        step = None if resume == "latest" else int(resume)
-        if step is None and not store.list():
+        if checkpoint is None:
             start = -1  # killed before the first checkpoint: start over, drop its records
             self.reporter.line(f"[{self.pkg.path.name}] no checkpoint yet: starting from the beginning")
         else:
-            info = store.find(step)
-            ck = store.load(info, map_location=self.device)
-            if ck.get("format") != CHECKPOINT_FORMAT:
-                raise CheckpointError(f"{store.dir / info.file}: unknown checkpoint format {ck.get('format')!r}")
+            info, ck = checkpoint
             self._unwrapped().load_state_dict(ck["model"])
             self.optimizer.load_state_dict(ck["optimizer"])
             if self.scheduler is not None and ck.get("scheduler") is not None:
@@ -438,6 +442,17 @@ class _Run:
         stacked = distributed.all_reduce_sum(torch.stack([*(sums[k] for k in keys), count.to(torch.float64)]))
         n = stacked[-1].clamp(min=1)
         return {f"val/{k}": (stacked[i] / n).item() for i, k in enumerate(keys)}
+
+
+def _checkpoint_to_resume(pkg: SavePackage, resume: str | int) -> tuple[Any, dict[str, Any]] | None:
+    store = pkg.checkpoints()
+    if resume == "latest" and not store.list():
+        return None
+    info = store.find(None if resume == "latest" else int(resume))
+    ck = store.load(info, map_location="cpu")
+    if ck.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{store.dir / info.file}: unknown checkpoint format {ck.get('format')!r}")
+    return info, ck
 
 
 def _now() -> str:

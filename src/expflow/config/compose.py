@@ -29,8 +29,9 @@ def new_run_id() -> str:
 
 
 def register_resolvers() -> None:
-    # Cached per config object: every reference in one composed config sees one id.
-    OmegaConf.register_new_resolver("expflow_run_id", new_run_id, use_cache=True, replace=True)
+    # Not cached: Hydra deep-copies the sweep's master config (cache included) into each
+    # job. The package directory Hydra makes fixes the id; train() pins run_id to it.
+    OmegaConf.register_new_resolver("expflow_run_id", new_run_id, use_cache=False, replace=True)
 
 
 def setup() -> None:
