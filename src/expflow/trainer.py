@@ -104,7 +104,7 @@ def launch(
         launcher += ["-m", "torch.distributed.run", "--standalone", "--nnodes=1",
                      f"--nproc-per-node={processes}"]
     cmd = launcher + worker
-    proc = subprocess.run(cmd, env=env)
+    proc = subprocess.run(cmd, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     status = pkg.status()
     if proc.returncode != 0 or status is not Status.COMPLETED:
         error = pkg.manifest().get("error") or {}
@@ -113,6 +113,24 @@ def launch(
         error.reported = proc.returncode != 0  # the child printed its own one-line error
         raise error
     return RunResult(pkg, status, _last_metrics(pkg))
+
+
+def _die_with_parent() -> None:
+    """In a launched child: receive SIGTERM when the launcher dies, even by SIGKILL,
+    so no worker trains on unattended (the worker marks its package CRASHED)."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's cancel, or the launcher died) while a run was executing."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated(f"terminated by signal {signum}")
 
 
 def _last_metrics(pkg: SavePackage) -> dict[str, float]:
@@ -159,7 +177,11 @@ def execute(pkg: SavePackage, *, resume: str | int | None = None) -> RunResult:
     from expflow.distributed import DistEnv
     from expflow.runlog import RankLogs
 
+    import signal
+
     env = DistEnv.from_env()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     with RankLogs(pkg.logs_dir, env.rank) as logs:
         try:
             return _execute(pkg, resume, env, logs)
@@ -171,8 +193,8 @@ def execute(pkg: SavePackage, *, resume: str | int | None = None) -> RunResult:
             assert logs.err is not None
             logs.err.write(traceback.format_exc())
             logs.err.flush()
-            if isinstance(e, KeyboardInterrupt):
-                raise RunCrashed(f"run {pkg.run_id} interrupted (package can be continued)") from None
+            if isinstance(e, (KeyboardInterrupt, Terminated)):
+                raise RunCrashed(f"run {pkg.run_id} interrupted: {e or 'Ctrl-C'} (continue it with `expflow continue {pkg.path}`)") from None
             raise RunCrashed(
                 f"run {pkg.run_id} crashed: {e.__class__.__name__}: {e} (traceback in {logs.err_path})"
             ) from None

@@ -1,0 +1,53 @@
+"""DDP on CPU: trainer.processes=2 runs under torchrun with gloo."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from expflow.package import SavePackage, Status, effective_metrics
+
+from .conftest import run_cli, small_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def test_ddp_run_completes_and_metrics_match_rank0(tmp_path):
+    runs = tmp_path / "runs"
+    proc = run_cli(*small_overrides(runs, "trainer.processes=2", "trainer.max_epochs=2", "run_id=ddp"),
+                   module="expflow.train", timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    pkg = SavePackage.open(runs / "ddp")
+    m = pkg.manifest()
+    assert pkg.status() is Status.COMPLETED and m["world_size"] == 2
+    # Each rank has its own log; rank 0 alone reported progress and wrote the records.
+    assert pkg.log_path(0, "out").exists() and pkg.log_path(1, "out").exists()
+    rank0_lines = [l for l in pkg.log_path(0, "out").read_text().splitlines() if " epoch " in l]
+    assert len(rank0_lines) == 2
+    assert " epoch " not in pkg.log_path(1, "out").read_text()
+    scan = pkg.scan_records()
+    assert scan.problems == []
+    records = effective_metrics(scan.records)
+    epoch_records = [r for r in records if "val/acc" in r["values"]]
+    assert [r["epoch"] for r in epoch_records] == [1, 2]
+    # The records are what rank 0 printed.
+    for line, rec in zip(rank0_lines, epoch_records, strict=True):
+        printed = dict(re.findall(r"(\S+)=(\S+)", line))
+        for k, v in rec["values"].items():
+            assert float(printed[k]) == pytest.approx(v, rel=1e-5)
+    # 719 training samples per rank in batches of 64: 12 steps per epoch.
+    assert epoch_records[-1]["step"] == 24
+    # val metrics were reduced over both ranks: they equal a single-process evaluation
+    # of the final checkpoint on the whole validation set.
+    cfg = pkg.config()
+    data = instantiate(cfg.dataset)
+    model = instantiate(cfg.model)
+    model.load_state_dict(pkg.checkpoints().load(pkg.checkpoints().latest())["model"])
+    model.eval()
+    x, y = data.val_set.tensors
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).double().mean().item()
+    assert epoch_records[-1]["values"]["val/acc"] == pytest.approx(acc, abs=1e-12)

@@ -1,0 +1,101 @@
+"""SIGKILL at random moments, then `expflow continue`: the package completes with every
+acknowledged metric record intact, and the checkpoint tracks hold exactly what an
+uninterrupted run holds."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from expflow.package import SavePackage, Status, effective_metrics
+
+from .conftest import REPO, run_cli, small_overrides
+
+pytestmark = pytest.mark.slow
+
+STEPS_PER_EPOCH = 23  # 1,438 training digits in batches of 64
+TRACK_OVERRIDES = [
+    "trainer.max_epochs=10", "trainer.log_every_n_steps=1",
+    "checkpoint.fast_keep=2", "checkpoint.slow_every=3", "checkpoint.slow_keep=2",
+    "checkpoint.persistent_keep=1", "lifecycle.hold_every=4", "lifecycle.hold_best=null",
+]
+# fast: epochs 9, 10; slow (every 3rd: 3, 6, 9) keeps 6, 9; persistent (every 4th, keep 1): 8
+EXPECTED_FILES = sorted(f"step-{e * STEPS_PER_EPOCH:08d}.pt" for e in (6, 8, 9, 10))
+
+
+def points(pkg: SavePackage) -> list[tuple[int, dict]]:
+    return [(r["step"], r["values"]) for r in effective_metrics(pkg.scan_records().records)]
+
+
+def start_train(runs, run_id):
+    cmd = [sys.executable, "-m", "expflow.train", *small_overrides(runs, *TRACK_OVERRIDES), f"run_id={run_id}"]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def kill_at_random(proc, pkg_dir, delay):
+    deadline = time.monotonic() + 60
+    while not (pkg_dir / "manifest.json").exists():
+        assert proc.poll() is None, "training ended before its package existed"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_kill_then_continue_completes_without_losing_records(tmp_path):
+    from datetime import datetime
+
+    runs = tmp_path / "runs"
+    ref_proc = start_train(runs, "reference")
+    assert ref_proc.wait(timeout=300) == 0
+    reference = SavePackage.open(runs / "reference")
+    m = reference.manifest()
+    # From the package's creation to its completion: the window the kills land in.
+    duration = (datetime.fromisoformat(m["finished"]) - datetime.fromisoformat(m["created"])).total_seconds()
+    assert reference.checkpoints().files_on_disk() == EXPECTED_FILES
+    ref_points = points(reference)
+    assert len(ref_points) > 10 * STEPS_PER_EPOCH
+
+    rng = random.Random(int(os.environ.get("EXPFLOW_TEST_SEED", "1234")))
+    crashed_seen = 0
+    for trial in range(4):
+        run_id = f"trial{trial}"
+        pkg_dir = runs / run_id
+        kill_at_random(start_train(runs, run_id), pkg_dir, rng.uniform(0.0, 0.9 * duration))
+        pkg = SavePackage.open(pkg_dir)
+        if pkg.status() is not Status.COMPLETED:
+            assert pkg.status() is Status.CRASHED
+            crashed_seen += 1
+        # Acknowledged records are intact: no torn or corrupt line, and every one is
+        # a record the reference also wrote (up to the rollback a continue will do).
+        scan = pkg.scan_records()
+        assert scan.problems == []
+        for step, values in points(pkg):
+            assert (step, values) in ref_points
+        # A second kill, during the continue, in half of the trials.
+        if trial % 2:
+            cont = subprocess.Popen([sys.executable, "-m", "expflow.cli", "continue", str(pkg_dir)], cwd=REPO,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.3, 0.9 * duration))
+            cont.send_signal(signal.SIGKILL)
+            cont.wait()
+            # The worker it launched dies with it (and says so), never trains on alone.
+            deadline = time.monotonic() + 20
+            while pkg.status().active:
+                assert time.monotonic() < deadline, pkg.manifest()["status_history"][-1]
+                time.sleep(0.05)
+            assert pkg.status() in (Status.CRASHED, Status.COMPLETED)
+        proc = run_cli("continue", str(pkg_dir), "--force")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert pkg.status() is Status.COMPLETED
+        assert pkg.scan_records().problems == []
+        assert points(pkg) == ref_points  # bit-identical to the uninterrupted run
+        assert pkg.checkpoints().files_on_disk() == EXPECTED_FILES
+    assert crashed_seen >= 2  # the kills really interrupted training

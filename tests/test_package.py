@@ -1,0 +1,79 @@
+"""Package creation, opening and status derivation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from expflow.errors import PackageError
+from expflow.package import SavePackage, Status
+from expflow.package.status import HOST
+
+
+def make(tmp_path, name="run1"):
+    (tmp_path / "proj" / "src").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "proj" / "src" / "m.py").write_text("x = 1\n")
+    config = {"seed": 3, "run_id": name, "paths": {"runs": "x"}, "trainer": {"max_epochs": 2}}
+    return SavePackage.create(tmp_path / "runs" / name, config=config, overrides=["seed=3"],
+                              store=tmp_path / "runs" / ".store", code_root=tmp_path / "proj")
+
+
+def test_create_writes_manifest_last_and_refuses_to_overwrite(tmp_path):
+    pkg = make(tmp_path)
+    m = pkg.manifest()
+    assert m["run_id"] == "run1" and m["seed"] == 3 and m["overrides"] == ["seed=3"]
+    assert m["status"] == "QUEUED" and m["code"]["files"] == 1
+    assert (pkg.code_dir / "src" / "m.py").read_text() == "x = 1\n"
+    with pytest.raises(PackageError, match="already exists"):
+        make(tmp_path)
+
+
+def test_fingerprint_ignores_run_id_and_paths(tmp_path):
+    a = make(tmp_path, "a").manifest()["fingerprint"]
+    (tmp_path / "proj" / "src" / "m.py").unlink()
+    (tmp_path / "proj" / "src").rmdir()
+    b = make(tmp_path, "b").manifest()["fingerprint"]
+    assert a == b
+
+
+def test_open_rejects_foreign_and_unknown_format(tmp_path):
+    (tmp_path / "foreign").mkdir()
+    with pytest.raises(PackageError, match="not a save-package"):
+        SavePackage.open(tmp_path / "foreign")
+    with pytest.raises(PackageError, match="no such directory"):
+        SavePackage.open(tmp_path / "nope")
+    pkg = make(tmp_path)
+    m = pkg.manifest()
+    m["format"] = "other/9"
+    pkg.manifest_path.write_text(json.dumps(m))
+    with pytest.raises(PackageError, match="unknown package format"):
+        SavePackage.open(pkg.path)
+
+
+def test_running_package_of_a_dead_process_is_crashed(tmp_path):
+    pkg = make(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+
+    def as_running(m, pid):
+        m["status"] = "RUNNING"
+        m["status_history"].append({"status": "RUNNING", "time": m["created"], "host": HOST, "pid": pid})
+
+    pkg.update_manifest(lambda m: as_running(m, dead.pid))
+    assert pkg.status() is Status.CRASHED
+    pkg.set_status(Status.RUNNING)  # this (live) process
+    assert pkg.status() is Status.RUNNING
+
+
+def test_stale_heartbeat_from_another_host_is_crashed(tmp_path):
+    pkg = make(tmp_path)
+    pkg.set_status(Status.RUNNING)
+    pkg.update_manifest(lambda m: m["status_history"][-1].update(host="elsewhere"))
+    pkg.heartbeat_path.write_text(json.dumps({"time": time.time() - 3600, "host": "elsewhere", "pid": 1}))
+    assert pkg.status(heartbeat_timeout=60) is Status.CRASHED
+    pkg.heartbeat_path.write_text(json.dumps({"time": time.time(), "host": "elsewhere", "pid": 1}))
+    assert pkg.status(heartbeat_timeout=60) is Status.RUNNING
