@@ -120,3 +120,14 @@ def test_train_command_bad_input_is_one_line(tmp_path, args, needles):
 def test_train_outside_a_project_is_one_line(tmp_path):
     proc = run_cli(cwd=tmp_path, module="expflow.train", timeout=120)
     assert_one_line_error(proc, "conf/config.yaml")
+
+
+def test_ruff_clean():
+    """The style bar: ruff finds nothing in the project's Python."""
+    import shutil
+    import subprocess
+
+    ruff = shutil.which("ruff")
+    assert ruff, "ruff is a test dependency"
+    proc = subprocess.run([ruff, "check", "src", "tests", "benchmarks"], cwd=CONF.parent, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout

@@ -25,7 +25,7 @@ def test_ddp_run_completes_and_metrics_match_rank0(tmp_path):
     assert pkg.status() is Status.COMPLETED and m["world_size"] == 2
     # Each rank has its own log; rank 0 alone reported progress and wrote the records.
     assert pkg.log_path(0, "out").exists() and pkg.log_path(1, "out").exists()
-    rank0_lines = [l for l in pkg.log_path(0, "out").read_text().splitlines() if " epoch " in l]
+    rank0_lines = [ln for ln in pkg.log_path(0, "out").read_text().splitlines() if " epoch " in ln]
     assert len(rank0_lines) == 2
     assert " epoch " not in pkg.log_path(1, "out").read_text()
     scan = pkg.scan_records()

@@ -174,10 +174,10 @@ def execute(pkg: SavePackage, *, resume: str | int | None = None) -> RunResult:
     ``resume``: None starts from scratch; ``"latest"`` or a step continues from that
     checkpoint (from scratch when the package has none yet).
     """
+    import signal
+
     from expflow.distributed import DistEnv
     from expflow.runlog import RankLogs
-
-    import signal
 
     env = DistEnv.from_env()
     if threading.current_thread() is threading.main_thread():

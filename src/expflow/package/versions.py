@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import subprocess
 import sys
@@ -34,6 +35,17 @@ def git_state(root: str | Path) -> dict[str, Any] | None:
 
 
 def environment_versions() -> dict[str, Any]:
+    info = dict(_static_versions())
+    torch = sys.modules.get("torch")  # never import torch just to read its version
+    if torch is not None:
+        info["torch"] = torch.__version__
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+@functools.lru_cache(maxsize=1)
+def _static_versions() -> dict[str, Any]:
+    """What cannot change within a process: looked up once."""
     packages = {}
     for dist in TRACKED_DISTRIBUTIONS:
         try:
@@ -45,11 +57,6 @@ def environment_versions() -> dict[str, Any]:
         "implementation": sys.implementation.name,
         "platform": platform.platform(),
         "packages": packages,
+        "torch": packages.get("torch"),
     }
-    torch = sys.modules.get("torch")  # never import torch just to read its version
-    if torch is not None:
-        info["torch"] = torch.__version__
-        info["cuda"] = torch.version.cuda
-    else:
-        info["torch"] = packages.get("torch")
     return info
