@@ -21,7 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from expflow.config import resolve, setup, validate_config
-from expflow.errors import CheckpointError, ExpflowError, RunCrashed
+from expflow.errors import CheckpointError, ExpflowError, PackageError, RunCrashed
 from expflow.package import SavePackage, Status
 from expflow.package.records import RecordWriter
 
@@ -75,9 +75,47 @@ def train(
 ) -> RunResult:
     """Materialize the package for ``cfg`` and train it to the end."""
     pkg = create_package(cfg, overrides=overrides, package_dir=package_dir, hydra_files=hydra_files)
-    if int(cfg.trainer.processes) > 1:
-        return launch(pkg)
-    return execute(pkg)
+    return run_package(pkg, from_snapshot=False)
+
+
+def run_package(pkg: SavePackage, *, from_snapshot: bool = True, wait: bool = True) -> RunResult:
+    """Train a package to the end, or continue it after a crash; a COMPLETED package is left as it is.
+
+    Leases the run's GPUs first (status QUEUED while waiting) and releases them on every
+    exit path. This is what the workflow's train rule runs, retries included.
+    """
+    from expflow.gpu import place_job
+
+    status = pkg.status()
+    if status is Status.COMPLETED:
+        return RunResult(pkg, status, _last_metrics(pkg))
+    if status.active and pkg.manifest().get("attempts"):
+        raise PackageError(f"{pkg.path}: the run is {status.value} in a live process")
+    cfg = pkg.config()
+    resume = "latest" if pkg.manifest().get("attempts") else None
+    gpu = cfg.gpu
+
+    def waiting() -> None:
+        pkg.set_status(Status.QUEUED, note=f"waiting for {gpu.count} GPU(s)")
+
+    with place_job(int(gpu.count), int(gpu.mem_mb), int(gpu.max_jobs_per_gpu), bool(gpu.allow_cpu),
+                   owner=str(pkg.path.resolve()), on_wait=waiting, wait=wait) as placement:
+        pkg.update_manifest(lambda m: m.update(
+            gpus=placement.gpus, lease=placement.lease.to_json() if placement.lease else None))
+        real_gpus = placement.lease is not None and not placement.simulated
+        if from_snapshot or real_gpus or int(cfg.trainer.processes) > 1:
+            # A child process: CUDA_VISIBLE_DEVICES must be set before CUDA starts.
+            return launch(pkg, resume=resume, from_snapshot=from_snapshot, extra_env=placement.env)
+        saved = {k: os.environ.get(k) for k in placement.env}
+        os.environ.update(placement.env)
+        try:
+            return execute(pkg, resume=resume)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 def launch(
@@ -217,7 +255,10 @@ def _execute(pkg: SavePackage, resume: str | int | None, env: Any, logs: Any) ->
     tracker = None
     try:
         if main:
-            pkg.set_status(Status.PREPARING, error=None, note="continue" if resume is not None else "train")
+            kind = "continue" if resume is not None else "train"
+            pkg.set_status(Status.PREPARING, error=None, note=kind)
+            if resume is None:
+                pkg.update_manifest(lambda m: m.setdefault("attempts", []).append({"kind": kind, "time": _now()}))
             heartbeat.start()  # type: ignore[union-attr]
         device = resolve_device(cfg.trainer.device, int(cfg.gpu.count), bool(cfg.gpu.allow_cpu), env.local_rank)
         distributed.init(env, device)
@@ -229,12 +270,7 @@ def _execute(pkg: SavePackage, resume: str | int | None, env: Any, logs: Any) ->
         if resume is not None:
             run.restore(checkpoint)
         if main:
-            pkg.set_status(
-                Status.RUNNING,
-                device=str(device),
-                gpus=[device.index] if device.type == "cuda" else [],
-                world_size=env.world_size,
-            )
+            pkg.set_status(Status.RUNNING, device=str(device), world_size=env.world_size)
         run.loop()
         distributed.barrier()
         if main:

@@ -259,6 +259,8 @@ class SavePackage:
             recorded = Status(m.get("status"))
         except ValueError:
             raise PackageError(f"{self.manifest_path}: unknown status {m.get('status')!r}") from None
+        if recorded is Status.QUEUED and not m.get("attempts"):
+            return recorded  # materialized, never started: pending, whoever created it
         history = m.get("status_history") or [{}]
         hb = self.heartbeat()
         writer = history[-1]
