@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 
@@ -50,6 +51,43 @@ def cmd_continue(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_materialize(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from expflow.config import compose_config
+    from expflow.package import SavePackage
+    from expflow.trainer import create_package
+    from expflow.workflow import config_id
+
+    overrides = [*args.overrides, f"paths.runs={args.runs}"]
+    cfg = compose_config(overrides, config_dir=args.config_dir)
+    actual = config_id(OmegaConf.to_container(cfg, resolve=False))  # type: ignore[arg-type]
+    if args.run_id and actual != args.run_id:
+        raise PackageError(
+            f"run {args.run_id}: the config composed now has id {actual}; the config files changed "
+            "after the workflow was planned (run snakemake again)"
+        )
+    run_id = args.run_id or actual
+    target = Path(args.runs) / run_id
+    if (target / "manifest.json").exists():
+        SavePackage.open(target)  # an existing package of this very config: nothing to do
+        print(f"{target}: package exists")
+        return 0
+    pkg = create_package(cfg, overrides=overrides, package_dir=target)
+    print(f"{pkg.path}: package materialized (QUEUED)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from expflow.package import SavePackage
+    from expflow.trainer import run_package
+
+    pkg = SavePackage.open(args.package)
+    result = run_package(pkg, from_snapshot=not args.working_tree)
+    print(f"{pkg.run_id}: {result.status.value}")
+    return 0
+
+
 def cmd_rerun(args: argparse.Namespace) -> int:
     from expflow.rerun import run_command
 
@@ -74,6 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--working-tree", action="store_true",
                    help="import code from the working tree instead of the package's snapshot")
     p.set_defaults(func=cmd_continue)
+
+    p = sub.add_parser("materialize", help="create a run's package (code snapshot, config) without training it")
+    p.add_argument("--runs", default="runs", help="the directory packages go to (default: runs)")
+    p.add_argument("--run-id", default=None, help="the planned run id; checked against the composed config")
+    p.add_argument("--config-dir", default=None, help="the Hydra config directory (default: ./conf)")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides of the run")
+    p.set_defaults(func=cmd_materialize)
+
+    p = sub.add_parser("run", help="train a package to the end (or continue it after a crash), leasing its GPUs")
+    p.add_argument("package", help="the save-package directory")
+    p.add_argument("--working-tree", action="store_true",
+                   help="import code from the working tree instead of the package's snapshot")
+    p.set_defaults(func=cmd_run)
 
     from expflow.rerun import add_arguments
 

@@ -1,0 +1,22 @@
+# expflow workflow: Hydra sweeps -> save-packages -> training on leased GPUs.
+#   snakemake --cores 2                                   # the default sweep, CPU
+#   snakemake --cores 8 --resources gpu=4                 # at most 4 GPU jobs, each on its own device(s)
+#   snakemake --cores 2 --config sweep="optim.lr=1e-3,3e-3 seed=range(3)"
+from snakemake.utils import min_version
+
+min_version("8.0")
+
+
+configfile: "conf/workflow.yaml"
+
+
+include: "workflows/rules/common.smk"
+include: "workflows/rules/package.smk"
+include: "workflows/rules/train.smk"
+include: "workflows/rules/analyze.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,209 @@
+"""Planning the workflow's runs at DAG-build time.
+
+``conf/workflow.yaml`` names the runs in Hydra's own syntax: each ``sweep`` entry is a
+line of overrides (``optim.lr=1e-3,3e-3 seed=range(3)``, ``+freq=lr_sweep``), expanded
+with Hydra's override parser the way ``-m`` would. Each run's id is a hash of its composed
+(unresolved) config: the same config gives the same id, any change a new one, so
+Snakemake knows every output before anything runs and skips finished runs.
+
+Hydra's compose API cannot expand a sweep, and composing every run is ~20 ms; here a full
+composition happens once per distinct combination of config-group choices, each distinct
+value override is type-checked once against the typed config, and a run costs a dict copy
+and a hash.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shlex
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+from expflow.config import compose_config, conf_dir, expand_sweep, sweeper_params, validate_config
+from expflow.errors import ConfigError
+
+ID_EXCLUDED_KEYS = ("run_id", "paths", "hydra")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    run_id: str
+    overrides: tuple[str, ...]
+    gpus: int
+    gpu_mem_mb: int
+
+    @property
+    def override_line(self) -> str:
+        return " ".join(shlex.quote(o) for o in self.overrides)
+
+
+def config_id(plain: dict[str, Any]) -> str:
+    """The run id of an unresolved config: a hash of everything but the run's name and place."""
+    body = {k: v for k, v in plain.items() if k not in ID_EXCLUDED_KEYS}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def composed_id(overrides: Sequence[str], config_dir: str | os.PathLike[str] | None = None) -> str:
+    """The id a full composition gives (what the package rule checks against the plan)."""
+    cfg = compose_config(list(overrides), config_dir=config_dir)
+    return config_id(OmegaConf.to_container(cfg, resolve=False))  # type: ignore[arg-type]
+
+
+def _set_path(node: Any, path: list[str], value: Any, *, delete: bool = False) -> None:
+    for part in path[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    last = path[-1]
+    if isinstance(node, list):
+        if delete:
+            node.pop(int(last))
+        else:
+            node[int(last)] = value
+    elif delete:
+        node.pop(last, None)
+    else:
+        node[last] = value
+
+
+class Planner:
+    """Expands sweep lines into run specs; caches compositions and parsed overrides."""
+
+    def __init__(self, config_dir: str | os.PathLike[str] | None = None):
+        self.config_dir = conf_dir(config_dir)
+        self._parser = OverridesParser.create()
+        self._parsed: dict[str, Override] = {}
+        self._bases: dict[tuple[str, ...], tuple[DictConfig, dict[str, Any]]] = {}
+        self._values: dict[tuple[tuple[str, ...], str], tuple[list[str], Any, bool]] = {}
+        self._sweeper: dict[tuple[str, ...], dict[str, str]] = {}
+
+    def parse(self, text: str) -> Override:
+        o = self._parsed.get(text)
+        if o is None:
+            try:
+                o = self._parser.parse_override(text)
+            except HydraException as e:
+                raise ConfigError(f"bad override {text!r}: {str(e).splitlines()[0]}") from None
+            self._parsed[text] = o
+        return o
+
+    def is_group(self, o: Override) -> bool:
+        key = o.key_or_group
+        return (self.config_dir / key).is_dir() or key.startswith("hydra/")
+
+    def base(self, groups: tuple[str, ...]) -> tuple[DictConfig, dict[str, Any]]:
+        found = self._bases.get(groups)
+        if found is None:
+            cfg = compose_config(list(groups), config_dir=self.config_dir)
+            validate_config(cfg)
+            found = (cfg, OmegaConf.to_container(cfg, resolve=False))  # type: ignore[assignment]
+            self._bases[groups] = found  # type: ignore[assignment]
+        return found  # type: ignore[return-value]
+
+    def value(self, groups: tuple[str, ...], text: str) -> tuple[list[str], Any, bool]:
+        """(path, value as the typed config holds it, delete?) for a value override."""
+        key = (groups, text)
+        found = self._values.get(key)
+        if found is not None:
+            return found
+        o = self.parse(text)
+        path = o.key_or_group.split(".")
+        typed = copy.deepcopy(self.base(groups)[0])
+        try:
+            if o.is_delete():
+                with open_dict(typed):
+                    parent = OmegaConf.select(typed, ".".join(path[:-1])) if len(path) > 1 else typed
+                    if parent is None or path[-1] not in parent:
+                        raise ConfigError(f"override {text!r}: no key {o.key_or_group!r} to delete")
+                found = (path, None, True)
+            else:
+                if o.is_add() or o.is_force_add():
+                    with open_dict(typed):
+                        OmegaConf.update(typed, o.key_or_group, o.value(), merge=True, force_add=True)
+                else:
+                    if OmegaConf.select(typed, o.key_or_group, default=_MISSING) is _MISSING:
+                        parent = ".".join(path[:-1])
+                        node = OmegaConf.select(typed, parent) if parent else typed
+                        valid = ", ".join(sorted(map(str, node.keys()))) if isinstance(node, DictConfig) else ""
+                        raise ConfigError(f"unknown key {o.key_or_group!r}" + (f"; valid keys under {parent!r}: {valid}" if parent and valid else ""))
+                    OmegaConf.update(typed, o.key_or_group, o.value(), merge=False)
+                validate_config(typed)
+                node = OmegaConf.select(typed, o.key_or_group)
+                plain = OmegaConf.to_container(node, resolve=False) if OmegaConf.is_config(node) else node
+                found = (path, plain, False)
+        except OmegaConfBaseException as e:
+            msg = str(getattr(e, "msg", None) or e).splitlines()[0]
+            raise ConfigError(f"{o.key_or_group}: {msg} (override {text!r})") from None
+        self._values[key] = found
+        return found
+
+    def sweeper_params(self, fixed: tuple[str, ...]) -> dict[str, str]:
+        found = self._sweeper.get(fixed)
+        if found is None:
+            found = sweeper_params(compose_config(list(fixed), config_dir=self.config_dir, return_hydra_config=True))
+            self._sweeper[fixed] = found
+        return found
+
+    def expand(self, line: str | Sequence[str], common: Sequence[str] = ()) -> list[RunSpec]:
+        """The runs of one sweep line (after the common overrides)."""
+        tokens = list(common) + (shlex.split(line) if isinstance(line, str) else list(line))
+        fixed = tuple(t for t in tokens if not self.parse(t).is_sweep_override())
+        jobs = expand_sweep(tokens, self.sweeper_params(fixed))
+        specs = []
+        for job in jobs:
+            groups = tuple(o for o in job if self.is_group(self.parse(o)))
+            plain = copy.deepcopy(self.base(groups)[1])
+            for o in job:
+                if o in groups:
+                    continue
+                path, value, delete = self.value(groups, o)
+                _set_path(plain, path, copy.deepcopy(value), delete=delete)
+            gpu = plain.get("gpu") or {}
+            specs.append(RunSpec(config_id(plain), tuple(job), _as_int(gpu.get("count"), 1), _as_int(gpu.get("mem_mb"), 0)))
+        return specs
+
+    def plan(self, sweep: Iterable[str | Sequence[str]], common: Sequence[str] = ()) -> dict[str, RunSpec]:
+        """Every run of every sweep line, by id (a run that two lines name is one run)."""
+        runs: dict[str, RunSpec] = {}
+        for line in sweep:
+            for spec in self.expand(line, common):
+                runs.setdefault(spec.run_id, spec)
+        return runs
+
+
+_MISSING = object()
+
+
+def _as_int(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def workflow_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The workflow config with defaults filled and ``--config sweep=...`` strings normalized."""
+    settings = dict(config)
+    sweep = settings.get("sweep") or []
+    settings["sweep"] = [sweep] if isinstance(sweep, str) else list(sweep)
+    common = settings.get("common") or []
+    settings["common"] = shlex.split(common) if isinstance(common, str) else list(common)
+    settings.setdefault("runs_dir", "runs")
+    settings.setdefault("config_dir", "conf")
+    return settings
+
+
+def plan_workflow(config: dict[str, Any]) -> dict[str, RunSpec]:
+    settings = workflow_settings(config)
+    if not settings["sweep"]:
+        settings["sweep"] = [""]  # the default config alone
+    return Planner(Path(settings["config_dir"])).plan(settings["sweep"], settings["common"])

@@ -1,0 +1,20 @@
+rule analyze:
+    """Run one analysis script over a trained package (its own GPU lease)."""
+    input:
+        done=rules.train.output.done,
+    output:
+        done=f"{RUNS_DIR}/{{run}}/analysis/{{script}}/analysis.done",
+    log:
+        f"{WORKFLOW_DIR}/logs/analyze/{{run}}-{{script}}.log",
+    benchmark:
+        f"{WORKFLOW_DIR}/benchmarks/analyze/{{run}}-{{script}}.tsv"
+    params:
+        package=lambda wildcards, input: str(Path(input.done).parent),
+    threads: 1
+    resources:
+        gpu=config["analyze"]["gpus"],
+        mem_mb=config["analyze"]["mem_mb"],
+    conda:
+        "../envs/expflow.yaml"
+    shell:
+        "expflow analyze {params.package} {wildcards.script} > {log} 2>&1 && touch {output.done}"

@@ -1,0 +1,17 @@
+rule package:
+    """Materialize the run's save-package: code snapshot and resolved config (QUEUED)."""
+    output:
+        config=f"{RUNS_DIR}/{{run}}/config.yaml",
+    log:
+        f"{WORKFLOW_DIR}/logs/package/{{run}}.log",
+    benchmark:
+        f"{WORKFLOW_DIR}/benchmarks/package/{{run}}.tsv"
+    params:
+        runs=lambda wildcards, output: str(Path(output.config).parent.parent),
+        config_dir=config["config_dir"],
+        overrides=run_overrides,
+    conda:
+        "../envs/expflow.yaml"
+    shell:
+        "expflow materialize --runs {params.runs} --config-dir {params.config_dir} "
+        "--run-id {wildcards.run} -- {params.overrides} > {log} 2>&1"

@@ -1,0 +1,22 @@
+rule train:
+    """Train the package on its leased GPU(s); a retry continues from the last checkpoint."""
+    input:
+        config=rules.package.output.config,
+    output:
+        done=f"{RUNS_DIR}/{{run}}/train.done",
+    log:
+        f"{WORKFLOW_DIR}/logs/train/{{run}}.log",
+    benchmark:
+        f"{WORKFLOW_DIR}/benchmarks/train/{{run}}.tsv"
+    params:
+        package=lambda wildcards, input: str(Path(input.config).parent),
+    threads: config["train"]["threads"]
+    resources:
+        gpu=run_gpus,
+        mem_mb=config["train"]["mem_mb"],
+        runtime=config["train"]["runtime"],
+    retries: config["train"]["retries"]
+    conda:
+        "../envs/expflow.yaml"
+    shell:
+        "expflow run {params.package} >> {log} 2>&1 && touch {output.done}"
