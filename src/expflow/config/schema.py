@@ -66,16 +66,6 @@ class GpuConfig:
 
 
 @dataclass
-class LifecycleConfig:
-    _target_: str = "expflow.lifecycle.Lifecycle"
-    validate_every: int = 1
-    save_every: int = 1
-    hold_every: int = 0
-    hold_best: str | None = None
-    hold_mode: str = "max"
-
-
-@dataclass
 class ExpflowConfig:
     seed: int = 0
     run_id: str = "${expflow_run_id:}"
@@ -88,7 +78,8 @@ class ExpflowConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     tracker: Any = MISSING
     gpu: GpuConfig = field(default_factory=GpuConfig)
-    lifecycle: Any = field(default_factory=LifecycleConfig)
+    # Untyped: a user's lifecycle class (``_target_``) may take parameters of its own.
+    lifecycle: Any = MISSING
 
 
 # -- schemas of the shipped example options ---------------------------------------

@@ -1,0 +1,163 @@
+"""The Snakemake workflow end to end, in a copy of the project."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from expflow.package import SavePackage, Status, effective_metrics
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def make_project(tmp_path: Path, workflow: dict, extra_files: dict[str, str] | None = None) -> Path:
+    proj = tmp_path / "proj"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("src", "conf", "workflows"):
+        shutil.copytree(REPO / name, proj / name, ignore=ignore)
+    shutil.copy(REPO / "Snakefile", proj / "Snakefile")
+    (proj / "conf" / "workflow.yaml").write_text(yaml.safe_dump(workflow))
+    for rel, text in (extra_files or {}).items():
+        (proj / rel).parent.mkdir(parents=True, exist_ok=True)
+        (proj / rel).write_text(text)
+    return proj
+
+
+def snakemake(proj: Path, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, PYTHONPATH=str(proj / "src"), **(env or {}))
+    full_env.pop("CUDA_VISIBLE_DEVICES", None)
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=proj, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def packages(proj: Path) -> list[SavePackage]:
+    runs = proj / "runs"
+    return [SavePackage.open(p) for p in sorted(runs.iterdir()) if (p / "manifest.json").exists()]
+
+
+def ts(value: str) -> float:
+    return datetime.fromisoformat(value).timestamp()
+
+
+def test_twelve_runs_on_four_simulated_gpus(tmp_path):
+    workflow = {
+        "sweep": ["seed=range(12)"],
+        "common": ["trainer=debug", "trainer.max_epochs=2", "trainer.threads=1", "gpu.count=1",
+                   "gpu.max_jobs_per_gpu=1", "gpu.allow_cpu=true"],
+        "train": {"threads": 1, "retries": 0},
+    }
+    proj = make_project(tmp_path, workflow)
+    env = {"EXPFLOW_SIMULATED_GPUS": "4x81920", "EXPFLOW_LEASE_DIR": str(tmp_path / "leases")}
+    proc = snakemake(proj, "--cores", "8", "--resources", "gpu=4", env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    pkgs = packages(proj)
+    assert len(pkgs) == 12
+    spans = []
+    for pkg in pkgs:
+        m = pkg.manifest()
+        assert pkg.status() is Status.COMPLETED
+        assert len(m["gpus"]) == 1 and m["gpus"][0] in range(4)
+        spans.append((ts(m["started"]), ts(m["finished"]), m["gpus"][0]))
+    # Never more than 4 train jobs at once, never two on one device.
+    events = sorted([(s, 1) for s, _, _ in spans] + [(e, -1) for _, e, _ in spans])
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    assert 2 <= peak <= 4, peak
+    for device in range(4):
+        mine = sorted((s, e) for s, e, d in spans if d == device)
+        for (_, e1), (s2, _) in zip(mine, mine[1:], strict=False):
+            assert s2 >= e1, f"device {device} ran two jobs at once"
+
+    # Re-running the workflow does nothing ...
+    dry = snakemake(proj, "-n", env=env)
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr
+    # ... and changing one sweep value reruns only that run.
+    before = {p.path.name: p.manifest_path.stat().st_mtime_ns for p in pkgs}
+    new_sweep = "seed=" + ",".join(str(s) for s in [*range(11), 99])
+    dry = snakemake(proj, "-n", "--config", f"sweep={new_sweep}", env=env)
+    assert dry.returncode == 0
+    assert re.search(r"^train\s+1$", dry.stdout, re.M) and re.search(r"^package\s+1$", dry.stdout, re.M), dry.stdout
+    real = snakemake(proj, "--cores", "2", "--config", f"sweep={new_sweep}", env=env)
+    assert real.returncode == 0, real.stderr[-3000:]
+    after = packages(proj)
+    assert len(after) == 13
+    for p in after:
+        if p.path.name in before:
+            assert p.manifest_path.stat().st_mtime_ns == before[p.path.name]
+
+
+CRASHY = '''
+import os
+import signal
+from pathlib import Path
+
+from expflow.lifecycle import Lifecycle
+
+
+class CrashOnce(Lifecycle):
+    """SIGKILLs its own process right after the epoch-2 checkpoint, the first time only."""
+
+    def after_save(self, state):
+        marker = Path(os.environ["CRASH_MARKER"])
+        if state.epoch == 2 and not marker.exists():
+            marker.write_text("killed")
+            os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+def test_killed_train_job_is_retried_and_continues_from_its_checkpoint(tmp_path):
+    workflow = {
+        "sweep": ["seed=7"],
+        "common": ["trainer=debug", "trainer.max_epochs=4", "gpu=cpu", "lifecycle._target_=crashy.CrashOnce"],
+        "train": {"retries": 2},
+    }
+    proj = make_project(tmp_path, workflow, {"src/crashy.py": CRASHY})
+    marker = tmp_path / "crashed"
+    proc = snakemake(proj, "--cores", "2", env={"CRASH_MARKER": str(marker)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert marker.exists()  # the job really was killed once
+    (pkg,) = packages(proj)
+    assert pkg.status() is Status.COMPLETED
+    attempts = pkg.manifest()["attempts"]
+    assert [a["kind"] for a in attempts] == ["train", "continue"]
+    assert attempts[1]["from_step"] == 2 * 23  # the epoch-2 checkpoint
+    steps = [r["step"] for r in effective_metrics(pkg.scan_records().records) if "val/acc" in r["values"]]
+    assert steps == [23, 46, 69, 92]
+
+
+def test_lint_is_clean_and_dry_run_works_from_a_fresh_clone(tmp_path):
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    if not (clone / "Snakefile").exists():
+        pytest.fail("the Snakefile is not committed")
+    lint = snakemake(clone, "--lint")
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    assert "Congratulations" in lint.stdout + lint.stderr
+    t0 = time.monotonic()
+    dry = snakemake(clone, "-n")
+    assert dry.returncode == 0, dry.stderr
+    assert "train" in dry.stdout and time.monotonic() - t0 < 60
+    assert not (clone / "runs").exists() or not any((clone / "runs").glob("*/manifest.json"))
+
+
+def test_bad_workflow_config_fails_before_running(tmp_path):
+    proj = make_project(tmp_path, {"sweep": ["optim.lr=abc"]})
+    proc = snakemake(proj, "-n")
+    assert proc.returncode != 0
+    assert "optim.lr" in proc.stdout + proc.stderr
+    proj2 = make_project(tmp_path / "b", {"sweep": ["seed=1"], "bogus": 1})
+    proc = snakemake(proj2, "-n")
+    assert proc.returncode != 0 and "bogus" in proc.stdout + proc.stderr
