@@ -3,6 +3,7 @@ over :func:`expflow.trainer.train`. One save-package per run under ``paths.runs`
 
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
@@ -35,10 +36,12 @@ def main(cfg: DictConfig) -> dict[str, float]:
     from expflow.trainer import train
 
     hc = HydraConfig.get()
+    package_dir = os.path.normpath(hc.runtime.output_dir)  # a sweep job's dir is <sweep>/../../<run_id>
     try:
-        result = train(cfg, overrides=list(hc.overrides.task), package_dir=hc.runtime.output_dir)
+        result = train(cfg, overrides=list(hc.overrides.task), package_dir=package_dir)
     except ExpflowError as e:
         _fail(e)
+    print(f"package {result.package.path}: {result.status.value}", flush=True)
     return result.metrics
 
 

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +21,6 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from expflow.config import resolve, setup, validate_config
 from expflow.errors import CheckpointError, ExpflowError, PackageError, RunCrashed
 from expflow.package import SavePackage, Status
 from expflow.package.records import RecordWriter
@@ -44,6 +44,8 @@ def create_package(
     hydra_files: dict[str, str] | None = None,
 ) -> SavePackage:
     """Validate ``cfg`` and materialize its package (code snapshot before training starts)."""
+    from expflow.config import resolve, setup, validate_config
+
     setup()
     validate_config(cfg)
     cfg = cfg.copy()
@@ -100,15 +102,21 @@ def run_package(pkg: SavePackage, *, from_snapshot: bool = True, wait: bool = Tr
 
     with place_job(int(gpu.count), int(gpu.mem_mb), int(gpu.max_jobs_per_gpu), bool(gpu.allow_cpu),
                    owner=str(pkg.path.resolve()), on_wait=waiting, wait=wait) as placement:
-        pkg.update_manifest(lambda m: m.update(
-            gpus=placement.gpus, lease=placement.lease.to_json() if placement.lease else None))
+        acquired = time.time()
+
+        def record_lease(m: dict[str, Any]) -> None:
+            m["gpus"] = placement.gpus
+            m["lease"] = placement.lease.to_json() if placement.lease else None
+            m.setdefault("leases", []).append({"gpus": placement.gpus, "acquired": acquired, "released": None})
+
+        pkg.update_manifest(record_lease)
         real_gpus = placement.lease is not None and not placement.simulated
-        if from_snapshot or real_gpus or int(cfg.trainer.processes) > 1:
-            # A child process: CUDA_VISIBLE_DEVICES must be set before CUDA starts.
-            return launch(pkg, resume=resume, from_snapshot=from_snapshot, extra_env=placement.env)
         saved = {k: os.environ.get(k) for k in placement.env}
-        os.environ.update(placement.env)
         try:
+            if from_snapshot or real_gpus or int(cfg.trainer.processes) > 1:
+                # A child process: CUDA_VISIBLE_DEVICES must be set before CUDA starts.
+                return launch(pkg, resume=resume, from_snapshot=from_snapshot, extra_env=placement.env)
+            os.environ.update(placement.env)
             return execute(pkg, resume=resume)
         finally:
             for k, v in saved.items():
@@ -116,6 +124,8 @@ def run_package(pkg: SavePackage, *, from_snapshot: bool = True, wait: bool = Tr
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+            released = time.time()
+            pkg.update_manifest(lambda m: m["leases"][-1].update(released=released))
 
 
 def launch(

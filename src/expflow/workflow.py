@@ -60,19 +60,30 @@ def composed_id(overrides: Sequence[str], config_dir: str | os.PathLike[str] | N
     return config_id(OmegaConf.to_container(cfg, resolve=False))  # type: ignore[arg-type]
 
 
-def _set_path(node: Any, path: list[str], value: Any, *, delete: bool = False) -> None:
-    for part in path[:-1]:
-        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
-    last = path[-1]
+def _with_path(node: Any, path: list[str], value: Any, delete: bool) -> Any:
+    """A copy of ``node`` with ``path`` set (or deleted): only the containers along the
+    path are copied, the rest is shared. Nothing here is ever mutated after planning."""
+    head, rest = path[0], path[1:]
     if isinstance(node, list):
-        if delete:
-            node.pop(int(last))
+        new_list = list(node)
+        i = int(head)
+        if not rest:
+            if delete:
+                new_list.pop(i)
+            else:
+                new_list[i] = value
         else:
-            node[int(last)] = value
-    elif delete:
-        node.pop(last, None)
+            new_list[i] = _with_path(new_list[i], rest, value, delete)
+        return new_list
+    new = dict(node) if isinstance(node, dict) else {}
+    if not rest:
+        if delete:
+            new.pop(head, None)
+        else:
+            new[head] = value
     else:
-        node[last] = value
+        new[head] = _with_path(new.get(head, {}), rest, value, delete)
+    return new
 
 
 class Planner:
@@ -161,12 +172,12 @@ class Planner:
         specs = []
         for job in jobs:
             groups = tuple(o for o in job if self.is_group(self.parse(o)))
-            plain = copy.deepcopy(self.base(groups)[1])
+            plain = self.base(groups)[1]
             for o in job:
                 if o in groups:
                     continue
                 path, value, delete = self.value(groups, o)
-                _set_path(plain, path, copy.deepcopy(value), delete=delete)
+                plain = _with_path(plain, path, value, delete)
             gpu = plain.get("gpu") or {}
             specs.append(RunSpec(config_id(plain), tuple(job), _as_int(gpu.get("count"), 1), _as_int(gpu.get("mem_mb"), 0)))
         return specs
