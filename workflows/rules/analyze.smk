@@ -8,8 +8,6 @@ rule analyze:
         f"{WORKFLOW_DIR}/logs/analyze/{{run}}-{{script}}.log",
     benchmark:
         f"{WORKFLOW_DIR}/benchmarks/analyze/{{run}}-{{script}}.tsv"
-    params:
-        package=lambda wildcards, input: str(Path(input.done).parent),
     threads: 1
     resources:
         gpu=config["analyze"]["gpus"],
@@ -17,4 +15,4 @@ rule analyze:
     conda:
         "../envs/expflow.yaml"
     shell:
-        "expflow analyze {params.package} {wildcards.script} > {log} 2>&1 && touch {output.done}"
+        'expflow analyze "$(dirname {input.done})" {wildcards.script} > {log} 2>&1 && touch {output.done}'

@@ -1,6 +1,4 @@
 # No rules here: config validation, the planned runs, and the input functions.
-from pathlib import Path
-
 from snakemake.utils import validate
 
 from expflow.workflow import plan_workflow, workflow_settings
@@ -26,7 +24,14 @@ def run_overrides(wildcards):
 
 
 def run_gpus(wildcards):
+    """The run's GPU count (its gpu.count), for the gpu resource."""
     return RUNS[wildcards.run].gpus
+
+
+# Most sweeps give every run the same GPU count: a constant spares Snakemake a function
+# call per job at DAG-build time.
+_GPU_COUNTS = {spec.gpus for spec in RUNS.values()}
+GPU_RESOURCE = _GPU_COUNTS.pop() if len(_GPU_COUNTS) == 1 else run_gpus
 
 
 def all_targets():

@@ -7,11 +7,10 @@ rule package:
     benchmark:
         f"{WORKFLOW_DIR}/benchmarks/package/{{run}}.tsv"
     params:
-        runs=lambda wildcards, output: str(Path(output.config).parent.parent),
         config_dir=config["config_dir"],
         overrides=run_overrides,
     conda:
         "../envs/expflow.yaml"
     shell:
-        "expflow materialize --runs {params.runs} --config-dir {params.config_dir} "
-        "--run-id {wildcards.run} -- {params.overrides} > {log} 2>&1"
+        'expflow materialize --runs "$(dirname "$(dirname {output.config})")" '
+        "--config-dir {params.config_dir} --run-id {wildcards.run} -- {params.overrides} > {log} 2>&1"

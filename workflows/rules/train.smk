@@ -8,15 +8,13 @@ rule train:
         f"{WORKFLOW_DIR}/logs/train/{{run}}.log",
     benchmark:
         f"{WORKFLOW_DIR}/benchmarks/train/{{run}}.tsv"
-    params:
-        package=lambda wildcards, input: str(Path(input.config).parent),
     threads: config["train"]["threads"]
     resources:
-        gpu=run_gpus,
+        gpu=GPU_RESOURCE,
         mem_mb=config["train"]["mem_mb"],
         runtime=config["train"]["runtime"],
     retries: config["train"]["retries"]
     conda:
         "../envs/expflow.yaml"
     shell:
-        "expflow run {params.package} >> {log} 2>&1 && touch {output.done}"
+        'expflow run "$(dirname {input.config})" >> {log} 2>&1 && touch {output.done}'
