@@ -4,6 +4,7 @@ the package; every ExpflowError becomes one line and a non-zero exit."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -132,7 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rerun", help="rerun a package from its snapshot into a new one and compare metrics")
     add_arguments(p)
     p.set_defaults(func=cmd_rerun)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
+
+
+# Modules that add their own subcommands: each has ``register(subparsers)``, which adds
+# parsers whose ``func(args) -> int`` does the work (imports stay inside ``func``).
+COMMAND_MODULES: list[str] = [
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
