@@ -213,6 +213,20 @@ def workflow_settings(config: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
+def cluster_resources(config: dict[str, Any], environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Partition and account for cluster jobs: ``slurm.partition``/``slurm.account`` of the
+    workflow config, overridden by ``EXPFLOW_SLURM_PARTITION``/``EXPFLOW_SLURM_ACCOUNT``.
+    Local runs ignore these resources; the Slurm executor turns them into -p/-A."""
+    environ = os.environ if environ is None else environ
+    slurm = config.get("slurm") or {}
+    out = {}
+    for key in ("partition", "account"):
+        value = environ.get(f"EXPFLOW_SLURM_{key.upper()}") or slurm.get(key)
+        if value:
+            out[f"slurm_{key}"] = str(value)
+    return out
+
+
 def plan_workflow(config: dict[str, Any]) -> dict[str, RunSpec]:
     settings = workflow_settings(config)
     if not settings["sweep"]:

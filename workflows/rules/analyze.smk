@@ -12,7 +12,10 @@ rule analyze:
     resources:
         gpu=config["analyze"]["gpus"],
         mem_mb=config["analyze"]["mem_mb"],
+        runtime=config["analyze"]["runtime"],
+        **CLUSTER,
     conda:
         "../envs/expflow.yaml"
     shell:
-        'expflow analyze "$(dirname {input.done})" {wildcards.script} > {log} 2>&1 && touch {output.done}'
+        'expflow analyze "$(dirname {input.done})" {wildcards.script} --gpus {resources.gpu} > {log} 2>&1 '
+        "&& touch {output.done}"

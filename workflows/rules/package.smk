@@ -6,6 +6,10 @@ rule package:
         f"{WORKFLOW_DIR}/logs/package/{{run}}.log",
     benchmark:
         f"{WORKFLOW_DIR}/benchmarks/package/{{run}}.tsv"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+        **CLUSTER,
     params:
         config_dir=config["config_dir"],
         overrides=run_overrides,

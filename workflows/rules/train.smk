@@ -13,7 +13,8 @@ rule train:
         gpu=GPU_RESOURCE,
         mem_mb=config["train"]["mem_mb"],
         runtime=config["train"]["runtime"],
-    retries: config["train"]["retries"]
+        **CLUSTER,
+    retries: TRAIN_RETRIES
     conda:
         "../envs/expflow.yaml"
     shell:

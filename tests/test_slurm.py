@@ -1,0 +1,142 @@
+"""The unchanged workflow on a real single-node Slurm cluster (scripts/slurm/up.sh), through
+snakemake-executor-plugin-slurm. CI starts the cluster in .ci/run; these tests never skip there."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from expflow.package import SavePackage, Status, effective_metrics
+
+from .conftest import REPO, run_cli
+from .test_workflow import CRASHY, make_project
+
+pytestmark = pytest.mark.slow
+UP, DOWN = REPO / "scripts" / "slurm" / "up.sh", REPO / "scripts" / "slurm" / "down.sh"
+
+
+def cluster_idle() -> bool:
+    if not shutil.which("sinfo"):
+        return False
+    proc = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+    return proc.returncode == 0 and proc.stdout.strip().startswith("idle")
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    started = False
+    if not cluster_idle():
+        if os.geteuid() == 0:
+            subprocess.run(["bash", str(UP)], check=True, timeout=600)
+            started = True
+        elif os.environ.get("CI"):
+            pytest.fail("no Slurm test cluster: .ci/run starts one with scripts/slurm/up.sh")
+        else:
+            pytest.skip("no Slurm test cluster, and starting one needs root (scripts/slurm/up.sh)")
+    assert cluster_idle()
+    yield
+    if started:
+        subprocess.run(["bash", str(DOWN)], timeout=120)
+
+
+def run_on_slurm(proj: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(proj / "src"), EXPFLOW_SIMULATED_GPUS="4x81920",
+               EXPFLOW_LEASE_DIR=str(tmp_path / "leases"))
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--workflow-profile", str(REPO / "workflows/profiles/slurm"), *extra],
+        cwd=proj, env=env, capture_output=True, text=True, timeout=900,
+    )
+
+
+def sacct_state(job_id: str) -> str:
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"], capture_output=True, text=True)
+    return out.stdout.strip().split("\n")[0]
+
+
+def packages(proj: Path) -> dict[str, SavePackage]:
+    return {p.name: SavePackage.open(p) for p in (proj / "runs").iterdir() if (p / "manifest.json").exists()}
+
+
+def workflow(sweep: list[str], common: list[str], retries: int = 0) -> dict:
+    return {
+        "sweep": sweep,
+        "common": ["trainer=debug", "trainer.threads=1", *common],
+        "train": {"threads": 1, "mem_mb": 1000, "runtime": 10, "retries": retries},
+        # The account comes from the workflow config, as a user's would.
+        "slurm": {"partition": "debug", "account": "expflow"},
+    }
+
+
+def test_sweep_runs_on_slurm_with_granted_gpus(slurm, tmp_path):
+    proj = make_project(tmp_path, workflow(["seed=range(6)"], ["trainer.max_epochs=2", "gpu.count=1"]))
+    proc = run_on_slurm(proj, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    pkgs = packages(proj)
+    assert len(pkgs) == 6
+    spans = []
+    for pkg in pkgs.values():
+        m = pkg.manifest()
+        assert pkg.status() is Status.COMPLETED
+        (job,) = m["scheduler_jobs"]
+        assert job["scheduler"] == "slurm" and job["node"] and sacct_state(job["job_id"]) == "COMPLETED"
+        # expflow leased exactly the device Slurm granted, and recorded it.
+        assert m["gpus"] == [int(job["granted_gpus"])]
+        (lease,) = m["leases"]
+        spans.append((lease["acquired"], lease["released"], m["gpus"][0]))
+    events = sorted([(s, 1) for s, _, _ in spans] + [(e, -1) for _, e, _ in spans])
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    assert peak >= 2, "jobs ran one at a time; the cluster allows 4"
+    for device in range(4):
+        mine = sorted((s, e) for s, e, d in spans if d == device)
+        for (_, e1), (s2, _) in zip(mine, mine[1:], strict=False):
+            assert s2 >= e1
+    # The same workflow config, locally: nothing to do.
+    dry = subprocess.run([sys.executable, "-m", "snakemake", "-n"], cwd=proj, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(proj / "src")))
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def test_failure_is_reported_and_a_retry_continues(slurm, tmp_path):
+    wf = workflow(["seed=7 lifecycle._target_=crashy.CrashOnce", "seed=8 optim.lr=-1"],
+                  ["trainer.max_epochs=4", "gpu.count=1"], retries=1)
+    proj = make_project(tmp_path, wf, {"src/crashy.py": CRASHY})
+    marker = tmp_path / "crashed"
+    os.environ["CRASH_MARKER"] = str(marker)
+    try:
+        proc = run_on_slurm(proj, tmp_path)
+    finally:
+        os.environ.pop("CRASH_MARKER")
+    # The bad run fails the workflow (keep-going finishes the other).
+    assert proc.returncode != 0
+    assert "Error in rule train" in proc.stdout + proc.stderr
+    by_seed = {p.config().seed: p for p in packages(proj).values()}
+
+    retried = by_seed[7]
+    assert marker.exists() and retried.status() is Status.COMPLETED
+    m = retried.manifest()
+    assert [a["kind"] for a in m["attempts"]] == ["train", "continue"]
+    assert m["attempts"][1]["from_step"] == 2 * 23
+    # The killed job failed in Slurm; Snakemake resubmitted it, and the new job continued.
+    first, second = m["scheduler_jobs"]
+    assert first["job_id"] != second["job_id"]
+    assert sacct_state(first["job_id"]) == "FAILED" and sacct_state(second["job_id"]) == "COMPLETED"
+    steps = [r["step"] for r in effective_metrics(retried.scan_records().records) if "val/acc" in r["values"]]
+    assert steps == [23, 46, 69, 92]
+
+    failed = by_seed[8]
+    assert failed.status() is Status.CRASHED
+    jobs = failed.manifest()["scheduler_jobs"]
+    assert len(jobs) == 2 and len({j["job_id"] for j in jobs}) == 2  # one attempt per Slurm job
+    assert all(sacct_state(j["job_id"]) == "FAILED" for j in jobs)
+    shown = run_cli("show", str(failed.path))
+    assert "CRASHED" in shown.stdout and "ValueError" in shown.stdout and "learning rate" in shown.stdout
