@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from expflow.package import SavePackage, Status, effective_metrics
 

@@ -1,0 +1,63 @@
+"""A Parquet cache of what each source read, keyed by the source's fingerprint.
+
+One file per source (``<label>-<hash of its identity>.parquet``); the fingerprint and the
+declared step keys sit in the Parquet schema metadata, so checking an entry reads only the
+file's footer. A hit returns the points without touching the source; a changed source
+(another fingerprint) is read again and its entry replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from expflow.align.sources import RawRun
+from expflow.atomic import atomic_write, remove_stale_temps
+
+FORMAT = "expflow.align.cache/1"
+META_KEY = b"expflow.align"
+
+
+class SourceCache:
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+
+    def entry(self, label: str, identity: str) -> Path:
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+        digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
+        return self.directory / f"{safe}-{digest}.parquet"
+
+    def load(self, label: str, identity: str, fingerprint: str) -> RawRun | None:
+        path = self.entry(label, identity)
+        try:
+            meta = _meta(pq.read_schema(path).metadata or {})
+        except (OSError, pa.ArrowInvalid, ValueError):
+            return None  # absent or unreadable: a miss
+        if meta.get("format") != FORMAT or meta.get("fingerprint") != fingerprint:
+            return None
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowInvalid):
+            return None
+        return RawRun(table.to_pandas(), dict(meta.get("step_keys", {})), dict(meta.get("info", {})))
+
+    def store(self, label: str, identity: str, fingerprint: str, raw: RawRun) -> Path:
+        path = self.entry(label, identity)
+        table = pa.Table.from_pandas(raw.points, preserve_index=False)
+        meta = {"format": FORMAT, "fingerprint": fingerprint, "step_keys": raw.step_keys, "info": raw.info}
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(meta, default=str).encode()})
+        self.directory.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.directory)
+        atomic_write(path, lambda f: pq.write_table(table, f))
+        return path
+
+
+def _meta(metadata: dict[bytes, bytes]) -> dict[str, Any]:
+    raw = metadata.get(META_KEY)
+    return json.loads(raw) if raw else {}

@@ -1,0 +1,63 @@
+"""``expflow align [SPEC] [--out DIR] [key=value ...]``: thin; the work is in ``pipeline``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_OUT = Path("outputs/align")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "align",
+        help="align VERL/ROLL/SLIME/expflow metrics onto one naming (tables, check, plots, tracker)",
+        description=(
+            "Read each framework's metrics (SwanLab, W&B, TensorBoard, CSV, expflow packages), map "
+            "them onto the spec's aligned names, and write aligned.parquet/.csv, check.json, plots "
+            "and one tracker experiment per framework. Unchanged sources are served from the cache."
+        ),
+    )
+    p.add_argument(
+        "spec", nargs="?", default=None,
+        help="the alignment spec, e.g. conf/align/example.yaml (default: secrets/config.yaml, then config.yaml)",
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="spec overrides in dot notation, e.g. frameworks.roll.enabled=false")
+    p.add_argument("--out", default=None, metavar="DIR", help=f"output directory (default: {DEFAULT_OUT}/<spec name>)")
+    p.add_argument("--cache", default=None, metavar="DIR", help="source cache directory (default: the spec's cache_dir, else DIR/cache)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots and the HTML page")
+    p.add_argument("--no-tracker", action="store_true", help="skip the tracker experiments")
+    p.add_argument("--workflow-runs", default=None, metavar="RUNS_DIR",
+                   help="the workflow's runs directory: expflow sources on it align only --run-ids")
+    p.add_argument("--run-ids", default="", metavar="ID,ID,...", help="the workflow's run ids (with --workflow-runs)")
+    p.set_defaults(func=cmd_align)
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from expflow.align.pipeline import WorkflowRuns, run_alignment, summary_error
+    from expflow.align.spec import find_spec, load_spec
+
+    spec_path = Path(args.spec) if args.spec else find_spec()
+    plan = load_spec(spec_path, args.overrides)
+    out = Path(args.out) if args.out else DEFAULT_OUT / spec_path.stem
+    workflow = None
+    if args.workflow_runs:
+        ids = [r for r in args.run_ids.split(",") if r]
+        workflow = WorkflowRuns(Path(args.workflow_runs), ids)
+    result = run_alignment(
+        plan,
+        out,
+        cache_dir=args.cache,
+        workflow=workflow,
+        plots=not args.no_plots,
+        tracker=not args.no_tracker,
+        console=Console(),
+    )
+    print(f"aligned {len(result.table):,} points into {out}")
+    error = summary_error(result)
+    if error is not None:
+        raise error
+    return 0

@@ -1,0 +1,178 @@
+"""``align``: every enabled framework's source -> cache -> step groups -> aligned names ->
+check -> outputs. A framework whose source fails is reported and left out; the others
+are still aligned and written.
+
+Outputs under ``out``: ``aligned.parquet`` and ``aligned.csv`` (``framework, metric, step,
+value``), ``check.json``, ``plots/<metric>.png``, ``report.html``, and the tracker
+experiments (``swanlab/``). The cache defaults to ``out/cache``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.console import Console
+
+from expflow.align.aligned import align_framework
+from expflow.align.cache import SourceCache
+from expflow.align.check import ERROR, FrameworkCheck, check_framework, check_report, render_check
+from expflow.align.sources import Source, SourceError, make_source
+from expflow.align.spec import Plan
+from expflow.align.tracker import check_target, write_experiments
+from expflow.atomic import atomic_write, atomic_write_json, atomic_write_text
+from expflow.errors import AlignError
+
+COLUMNS = ["framework", "metric", "step", "value"]
+
+
+class SourceFailures(AlignError):
+    """Some frameworks could not be read; the others were aligned."""
+
+    exit_code = 1
+
+
+@dataclass
+class AlignResult:
+    out: Path
+    table: pd.DataFrame  # framework, metric, step, value
+    checks: list[FrameworkCheck]
+    files: dict[str, Path] = field(default_factory=dict)
+    read: list[str] = field(default_factory=list)  # labels whose source was read
+    cached: list[str] = field(default_factory=list)  # labels served from the cache
+    tracker: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def failures(self) -> list[FrameworkCheck]:
+        return [c for c in self.checks if c.status == ERROR]
+
+
+@dataclass
+class WorkflowRuns:
+    """The workflow's own runs: expflow sources on ``runs_dir`` align exactly these."""
+
+    runs_dir: Path
+    run_ids: Sequence[str]
+
+
+def run_alignment(
+    plan: Plan,
+    out: str | Path,
+    *,
+    cache_dir: str | Path | None = None,
+    workflow: WorkflowRuns | None = None,
+    plots: bool = True,
+    tracker: bool = True,
+    console: Console | None = None,
+) -> AlignResult:
+    out = Path(out)
+    console = console or Console(stderr=True)
+    if tracker:
+        check_target(plan.target)
+    cache = SourceCache(cache_dir or plan.cache_dir or out / "cache")
+    result = AlignResult(out, pd.DataFrame(columns=COLUMNS), [])
+    tables: dict[str, pd.DataFrame] = {}
+    names: dict[str, str] = {}
+
+    for fw in plan.frameworks:
+        source = make_source(_for_workflow(fw.source, workflow))
+        try:
+            instances = source.instances()
+        except SourceError as e:
+            result.checks.append(FrameworkCheck(fw.name, fw.name, source.describe(), status=ERROR, error=e.one_line()))
+            continue
+        for suffix, inst in instances:
+            label = fw.name if suffix is None else f"{fw.name}/{suffix}"
+            check = FrameworkCheck(label, fw.name, inst.describe())
+            result.checks.append(check)
+            try:
+                raw, from_cache = _load(inst, label, cache, console)
+            except SourceError as e:
+                check.status, check.error = ERROR, e.one_line()
+                continue
+            (result.cached if from_cache else result.read).append(label)
+            try:
+                aligned = align_framework(raw, fw)
+            except ValueError as e:  # e.g. steps too far apart to put on one axis
+                check.status, check.error = ERROR, f"{inst.describe()}: cannot align: {e}"
+                continue
+            table = aligned.table
+            check.points, check.from_cache, check.notes = len(table), from_cache, aligned.notes
+            check_framework(check, table["metric"].unique().astype(str).tolist(), plan.aligned_metrics, fw.expected())
+            tables[label] = table
+            names[label] = fw.target_exp_name if suffix is None else f"{fw.target_exp_name}-{suffix}"
+
+    result.table = _long_table(tables, plan.aligned_metrics)
+    result.files.update(_write_tables(result.table, out))
+    report = check_report(result.checks, plan.aligned_metrics)
+    report["spec"] = str(plan.path)
+    if plan.disabled:
+        report["disabled"] = list(plan.disabled)
+    if plots:
+        from expflow.align.report import write_report
+
+        result.files.update(write_report(result.table, plan.aligned_metrics, result.checks, out, title=f"Metric alignment: {plan.path.name}"))
+    if tracker and tables:
+        result.tracker = write_experiments(tables, names, plan.target, out)
+        report["tracker"] = result.tracker
+    atomic_write_json(out / "check.json", report)
+    result.files["check.json"] = out / "check.json"
+    render_check(result.checks, plan.aligned_metrics, console)
+    return result
+
+
+def _for_workflow(spec: Any, workflow: WorkflowRuns | None) -> Any:
+    """An expflow source on the workflow's runs directory aligns the workflow's runs."""
+    if workflow is None or spec.kind != "expflow" or spec.runs is not None or spec.path is None:
+        return spec
+    if Path(spec.path).resolve() != workflow.runs_dir.resolve():
+        return spec
+    return dataclasses.replace(spec, runs=list(workflow.run_ids))
+
+
+def _load(source: Source, label: str, cache: SourceCache, console: Console) -> tuple[Any, bool]:
+    identity = source.identity()
+    fingerprint = source.fingerprint()
+    raw = cache.load(label, identity, fingerprint)
+    if raw is not None:
+        return raw, True
+    t0 = time.perf_counter()
+    with console.status(f"reading {label} ({source.describe()})"):
+        raw = source.read()
+    console.print(f"read {label}: {len(raw.points):,} points in {time.perf_counter() - t0:.1f}s", highlight=False, markup=False)
+    cache.store(label, identity, fingerprint, raw)
+    return raw, False
+
+
+def _long_table(tables: dict[str, pd.DataFrame], aligned_metrics: Sequence[str]) -> pd.DataFrame:
+    if not tables:
+        return pd.DataFrame({"framework": pd.Categorical([]), "metric": pd.Categorical([], categories=list(aligned_metrics)),
+                             "step": pd.Series([], dtype="int64"), "value": pd.Series([], dtype="float64")})
+    parts = [t.assign(framework=label, metric=t["metric"].astype(str)) for label, t in tables.items()]
+    df = pd.concat(parts, ignore_index=True)[COLUMNS]
+    df["framework"] = pd.Categorical(df["framework"], categories=list(tables))
+    df["metric"] = pd.Categorical(df["metric"], categories=list(aligned_metrics))
+    return df.sort_values(["framework", "metric", "step"], kind="stable").reset_index(drop=True)
+
+
+def _write_tables(table: pd.DataFrame, out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    parquet, csv = out / "aligned.parquet", out / "aligned.csv"
+    atomic_write(parquet, lambda f: table.to_parquet(f, index=False))
+    atomic_write_text(csv, table.to_csv(index=False))
+    return {"aligned.parquet": parquet, "aligned.csv": csv}
+
+
+def summary_error(result: AlignResult) -> SourceFailures | None:
+    """One line for the frameworks that failed (each names its file), or None."""
+    if not result.failures:
+        return None
+    parts = [f"{c.label}: {c.error}" for c in result.failures]
+    ok = len(result.checks) - len(result.failures)
+    return SourceFailures(f"{'; '.join(parts)} ({ok} other framework(s) aligned into {result.out})")
+

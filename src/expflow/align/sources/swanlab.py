@@ -1,0 +1,141 @@
+"""SwanLab sources: an offline run directory, or a cloud experiment.
+
+Offline: the ``run-<id>.swanlab`` record file, read with SwanLab's own reader
+(``DataStoreReader`` + ``record_pb2.Record``, internal API of the pinned swanlab 0.10.3,
+used only here). Scalars carry the run's global step (the ``row``); ``define_metric(...,
+x_axis=K)`` is recorded on column records and becomes a declared step key. The reader
+stops quietly at a bad record; here a bad or incomplete record is an error naming the
+file and byte, so a torn run is never taken for a complete one.
+
+Cloud: ``swanlab.Api().run("user/project/id").metrics(keys, all=True)``: every point, not
+the sampled default, per key in parallel.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Any
+
+from expflow.align.credentials import find_credential
+from expflow.align.sources import (
+    CloudSource,
+    FileSource,
+    PointBuffer,
+    RawRun,
+    SourceError,
+    digest,
+    is_number,
+    reason,
+    require_path,
+    single,
+)
+
+
+def find_record_file(path: Path) -> Path:
+    """The ``.swanlab`` file of ``path``: the file itself, a run directory, or a log
+    directory holding one run."""
+    p = require_path(path)
+    if p.is_file():
+        return p
+    found = sorted(p.glob("*.swanlab")) or sorted(p.glob("run-*/*.swanlab"))
+    return single(found, p, "SwanLab run (.swanlab file)")
+
+
+def read_record_file(path: Path) -> RawRun:
+    from google.protobuf.message import DecodeError
+    from swanlab.exceptions import DataStoreError
+    from swanlab.proto.swanlab.record.v1.record_pb2 import Record
+    from swanlab.sdk.internal.core_python.store import DataStoreReader
+
+    size = path.stat().st_size
+    reader = DataStoreReader()
+    try:
+        reader.open(path)
+    except (DataStoreError, AssertionError, struct.error) as e:
+        raise SourceError(f"{path}: not a readable SwanLab 0.10 record file ({reason(e)})") from None
+    buf = PointBuffer()
+    x_axes: dict[str, str] = {}
+    info: dict[str, Any] = {"file": str(path)}
+    rec = Record()
+    try:
+        while True:
+            before = reader._index  # the reader's byte position (internal, pinned version)
+            try:
+                data = reader.scan()
+            except (DataStoreError, AssertionError, struct.error) as e:
+                if before >= size:  # padding at a clean end of file
+                    break
+                raise SourceError(f"{path}: corrupt record at byte {before} ({reason(e)})") from None
+            if data is None:
+                if reader._index != before:
+                    raise SourceError(f"{path}: truncated at byte {before} (the last record is incomplete)")
+                break
+            try:
+                rec.ParseFromString(data)
+            except DecodeError:
+                raise SourceError(f"{path}: corrupt record at byte {before} (not a SwanLab record)") from None
+            kind = rec.WhichOneof("record_type")
+            if kind == "scalar":
+                s = rec.scalar
+                buf.add(s.key, s.step, s.value.number)
+            elif kind == "column":
+                col = rec.column
+                if col.x_axis:
+                    x_axes[col.column_key] = col.x_axis
+            elif kind == "start":
+                info.update(name=rec.start.name, id=rec.start.id, project=rec.start.project)
+    finally:
+        reader.close()
+    return RawRun(buf.frame(), x_axes, info)
+
+
+class SwanLabOfflineSource(FileSource):
+    kind = "swanlab-offline"
+    find_file = staticmethod(find_record_file)
+    read_file = staticmethod(read_record_file)
+
+
+class SwanLabCloudSource(CloudSource):
+    kind = "swanlab"
+    required = ("id",)
+    optional = ("project", "host", "workers")
+
+    def cloud_path(self) -> str:
+        ident = self.spec.id.strip("/")
+        if ident.count("/") == 2:
+            return ident
+        if self.spec.project and self.spec.project.strip("/").count("/") == 1:
+            return f"{self.spec.project.strip('/')}/{ident}"
+        raise SourceError(
+            f"swanlab experiment {ident!r}: give id as 'user/project/id', or set project: 'user/project'"
+        )
+
+    def _experiment(self) -> Any:
+        import swanlab
+
+        cred = find_credential("swanlab")
+        api = self.call(swanlab.Api, cred.value if cred else None, self.spec.host)
+        return self.call(api.run, self.cloud_path())
+
+    def fingerprint(self) -> str:
+        exp = self._experiment()
+        # Cloud id + last update: the state, when it finished, and each key's latest point.
+        return digest(self.cloud_path(), *self.call(lambda: (exp.state, exp.finished_at, exp.summary())))
+
+    def read(self) -> RawRun:
+        exp = self._experiment()
+        keys = sorted(self.call(exp.summary))
+
+        def fetch(key: str) -> list[dict[str, Any]]:
+            series = exp.metrics(keys=[key], all=True).get("list") or []  # all: not the 1,500-point sample
+            return series[0].get("metrics", []) if series else []
+
+        buf = PointBuffer()
+        for key, points in self.fetch_each(keys, fetch):
+            for p in points:
+                value = p.get("value", p.get("data"))
+                step = p.get("step", p.get("index"))
+                if is_number(value) and step is not None:
+                    buf.add(key, int(step), float(value))
+        return RawRun(buf.frame(), {}, {"run_path": self.cloud_path()})

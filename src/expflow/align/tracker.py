@@ -1,0 +1,135 @@
+"""One tracker experiment per framework in the target project (SwanLab; offline by default,
+so the sync machinery can upload it later).
+
+Never a duplicate: ``<out>/swanlab/experiments.json`` records, per framework, the digest
+of what was logged and the experiment it went to. A re-run with the same aligned data
+writes nothing; changed data replaces the framework's offline run directory (one per
+framework, always). The experiment id is derived from project, name and digest, so the
+same data is the same experiment wherever it is logged from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from expflow.align.credentials import find_credential, missing_message
+from expflow.atomic import atomic_write_json
+from expflow.errors import AlignError
+
+STATE = "experiments.json"
+_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+SWANLAB_MODES = {"offline": "offline", "cloud": "online", "local": "local"}
+
+
+def experiment_id(project: str, name: str, digest: str) -> str:
+    """21 lowercase letters and digits, like SwanLab's own experiment ids."""
+    n = int(hashlib.sha256(f"{project}\0{name}\0{digest}".encode()).hexdigest(), 16)
+    chars = []
+    for _ in range(21):
+        n, r = divmod(n, 36)
+        chars.append(_ALPHABET[r])
+    return "".join(chars)
+
+
+def table_digest(table: pd.DataFrame) -> str:
+    h = hashlib.sha256()
+    for metric, part in table.groupby("metric", observed=True, sort=True):
+        h.update(str(metric).encode() + b"\0")
+        h.update(part["step"].to_numpy(np.int64).tobytes())
+        h.update(part["value"].to_numpy(np.float64).tobytes())
+    return h.hexdigest()
+
+
+def check_target(target: Any) -> None:
+    """Fail before any source is read when the target cannot be written."""
+    if target.mode == "cloud" and find_credential("swanlab") is None:
+        raise AlignError(f"target.mode=cloud: {missing_message('swanlab')}")
+
+
+def write_experiments(
+    tables: Mapping[str, pd.DataFrame],
+    names: Mapping[str, str],
+    target: Any,
+    out: Path,
+) -> dict[str, dict[str, Any]]:
+    """Log each framework's aligned table as one experiment; returns what happened per
+    framework (``written`` or ``unchanged``, the id, the run directory when offline)."""
+    if target.mode == "disabled":
+        return {}
+    check_target(target)
+    log_dir = out / "swanlab"
+    state_path = log_dir / STATE
+    try:
+        state: dict[str, Any] = json.loads(state_path.read_text())
+    except (OSError, ValueError):
+        state = {}
+    result: dict[str, dict[str, Any]] = {}
+    for label, table in tables.items():
+        name = names[label]
+        digest = table_digest(table)
+        exp_id = experiment_id(target.project, name, digest)
+        old = state.get(label) or {}
+        # Run directories are kept relative to log_dir: the output directory can move.
+        old_dir = log_dir / old["dir"] if old.get("dir") else None
+        if old.get("id") == exp_id and old.get("mode") == target.mode and (target.mode != "offline" or (old_dir and old_dir.exists())):
+            result[label] = {**old, "status": "unchanged"}
+            continue
+        if old_dir is not None and old_dir.exists():
+            shutil.rmtree(old_dir)  # the framework's previous run: replaced, never duplicated
+        run_dir = _log_experiment(table, target, name, exp_id, log_dir)
+        entry = {"id": exp_id, "name": name, "project": target.project, "mode": target.mode, "digest": digest,
+                 "dir": run_dir.name if run_dir else None}
+        state[label] = entry
+        atomic_write_json(state_path, state)  # after each one: an interrupted run loses nothing done
+        result[label] = {**entry, "status": "written"}
+    return result
+
+
+def _log_experiment(table: pd.DataFrame, target: Any, name: str, exp_id: str, log_dir: Path) -> Path | None:
+    import swanlab
+
+    mode = SWANLAB_MODES[target.mode]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for stale in log_dir.glob(f"run-*-{exp_id}"):
+        shutil.rmtree(stale)  # a run of this very id left by an interrupted attempt
+    if mode == "online":
+        cred = find_credential("swanlab")
+        assert cred is not None  # check_target
+        swanlab.login(api_key=cred.value, host=target.host, save=False)
+    wide = table.pivot(index="step", columns="metric", values="value").sort_index()
+    steps = wide.index.to_numpy(np.int64)
+    columns = [str(c) for c in wide.columns]
+    values = wide.to_numpy(np.float64)
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        run = swanlab.init(
+            mode=mode,
+            log_dir=str(log_dir),
+            project=target.project,
+            workspace=target.workspace,
+            name=name,
+            id=exp_id,
+            reinit=True,
+            config={"expflow.align": {"experiment": name}},
+        )
+        try:
+            for i, step in enumerate(steps):
+                row = values[i]
+                present = ~np.isnan(row)
+                if present.any():
+                    run.log({columns[j]: float(row[j]) for j in np.flatnonzero(present)}, step=int(step))
+        except BaseException:
+            swanlab.finish(state="crashed")
+            raise
+        swanlab.finish()
+    found = sorted(log_dir.glob(f"run-*-{exp_id}"))
+    return found[-1] if found else None

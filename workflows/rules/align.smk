@@ -1,0 +1,36 @@
+# The terminal `align` rule (align.enabled): `expflow align` on align.spec. An expflow source
+# on the workflow's runs directory aligns exactly the runs this workflow planned, one series
+# each, next to whatever VERL/ROLL/SLIME runs the spec lists. Cheap and local.
+ALIGN_SPEC = config["align"]["spec"]
+ALIGN_DIR = config["align"]["out"] or f"{RUNS_DIR}/.align"
+
+
+localrules:
+    align,
+
+
+rule align:
+    """Align the spec's frameworks onto one metric naming: tables, check, plots, tracker experiments."""
+    input:
+        spec=ALIGN_SPEC,
+        trained=expand(rules.train.output.done, run=sorted(RUNS)),
+    output:
+        table=f"{ALIGN_DIR}/aligned.parquet",
+        csv=f"{ALIGN_DIR}/aligned.csv",
+        check=f"{ALIGN_DIR}/check.json",
+    log:
+        f"{WORKFLOW_DIR}/logs/align.log",
+    benchmark:
+        f"{WORKFLOW_DIR}/benchmarks/align.tsv"
+    params:
+        out=ALIGN_DIR,
+        runs=RUNS_DIR,
+        run_ids=",".join(sorted(RUNS)),
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../envs/expflow.yaml"
+    shell:
+        'expflow align "{input.spec}" --out "{params.out}" --workflow-runs "{params.runs}" '
+        '--run-ids "{params.run_ids}" > {log} 2>&1'
