@@ -23,8 +23,9 @@ rule align:
     benchmark:
         f"{WORKFLOW_DIR}/benchmarks/align.tsv"
     params:
-        out=ALIGN_DIR,
-        runs=RUNS_DIR,
+        out=lambda wildcards, output: os.path.dirname(output.table),
+        # <runs>/<run>/train.done -> <runs>
+        runs=lambda wildcards, input: os.path.dirname(os.path.dirname(input.trained[0])) if input.trained else RUNS_DIR,
         run_ids=",".join(sorted(RUNS)),
     resources:
         mem_mb=2000,

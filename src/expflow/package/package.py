@@ -259,9 +259,10 @@ class SavePackage:
             recorded = Status(m.get("status"))
         except ValueError:
             raise PackageError(f"{self.manifest_path}: unknown status {m.get('status')!r}") from None
-        if recorded is Status.QUEUED and not m.get("attempts"):
-            return recorded  # materialized, never started: pending, whoever created it
         history = m.get("status_history") or [{}]
+        waiting = str(history[-1].get("note") or "").startswith("waiting")
+        if recorded is Status.QUEUED and not m.get("attempts") and not waiting:
+            return recorded  # materialized, never started, nobody waiting on it: pending
         hb = self.heartbeat()
         writer = history[-1]
         if hb and hb.get("pid") and hb.get("time", 0) >= _iso_to_ts(writer.get("time")):

@@ -1,0 +1,308 @@
+"""Running an analysis script over a package.
+
+:func:`run_analysis` (the ``expflow analyze`` side) finds the script, leases the GPU the
+analysis takes, and starts the analysis process with the package's code snapshot first
+on the import path. :func:`execute_script` (in that process) builds the context, calls
+the script's ``analyze(ctx)``, and writes what it returns to
+``<package>/analysis/<script>/``: ``results.json``, ``<figure>.png``, and ``analysis.json``
+(which checkpoint, when, how long, which files). The folder is assembled beside its
+place and swapped in, so a reader sees the previous analysis or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from expflow.analysis.context import AnalysisContext, AnalysisError, AnalysisOutput, NotApplicable
+from expflow.analysis.discovery import ScriptRef, find_script
+from expflow.atomic import atomic_write_bytes, atomic_write_json, fsync_dir
+from expflow.errors import ExpflowError
+from expflow.package import SavePackage, utc_now
+
+ENTRY = "analyze"  # the function every analysis script defines: analyze(ctx) -> results
+META = "analysis.json"
+RESULTS = "results.json"
+_FIGURE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+# -- the expflow analyze side ----------------------------------------------------------
+def snapshot_env(pkg: SavePackage, env: dict[str, str]) -> dict[str, str]:
+    """``env`` with the package's code snapshot first on the import path (``code.pythonpath``)."""
+    from omegaconf import OmegaConf
+
+    entries = OmegaConf.select(pkg.config(), "code.pythonpath", default=["src", "."])
+    paths = [str((pkg.code_dir / p).resolve()) for p in entries]
+    env = dict(env)
+    env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["PYTHONSAFEPATH"] = "1"  # the working directory must not shadow the snapshot
+    return env
+
+
+def _check_snapshot_has_worker(pkg: SavePackage, env: dict[str, str]) -> None:
+    """A snapshot that carries its own expflow (expflow's own repository) must carry the
+    analysis worker too; an older one cannot run analyses from its snapshot."""
+    for entry in env["PYTHONPATH"].split(os.pathsep):
+        own = Path(entry) / "expflow"
+        if (own / "__init__.py").is_file():
+            if not (own / "analysis" / "worker.py").is_file():
+                raise AnalysisError(f"{pkg.path}: the package's code snapshot has an expflow without "
+                                    "`expflow analyze`; run it with --working-tree")
+            return
+
+
+def run_analysis(
+    pkg: SavePackage,
+    script: str,
+    *,
+    checkpoint: int | None = None,
+    gpus: int | None = None,
+    project_dir: str | Path | None = None,
+    working_tree: bool = False,
+    on_wait: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``script`` over ``pkg`` in its own process on its own GPU lease; returns the
+    analysis record (``analysis.json``). ``gpus`` defaults to one when the run used GPUs."""
+    from omegaconf import OmegaConf
+
+    from expflow.gpu import place_job
+    from expflow.trainer import _die_with_parent
+
+    ref = find_script(script, project_dir, pkg)
+    cfg = pkg.config()
+    if checkpoint is not None:
+        pkg.checkpoints().find(checkpoint)  # a missing step fails here, in one line
+    node = OmegaConf.select(cfg, "gpu", default=None)
+    gpu: dict[str, Any] = OmegaConf.to_container(node) if node is not None else {}  # type: ignore[assignment]
+    count = min(int(gpu.get("count", 0)), 1) if gpus is None else int(gpus)
+    env = dict(os.environ, MPLBACKEND="Agg")
+    if not working_tree:
+        env = snapshot_env(pkg, env)
+        _check_snapshot_has_worker(pkg, env)
+    cmd = [sys.executable, "-m", "expflow.analysis.worker", str(pkg.path.resolve()), "--name", ref.name,
+           *ref.worker_args()]
+    if checkpoint is not None:
+        cmd += ["--checkpoint", str(checkpoint)]
+    with place_job(count, int(gpu.get("mem_mb", 0)), int(gpu.get("max_jobs_per_gpu", 1)),
+                   bool(gpu.get("allow_cpu", True)), owner=f"{pkg.path.resolve()}#analyze:{ref.name}",
+                   on_wait=on_wait) as placement:
+        env.update(placement.env)
+        proc = subprocess.run(cmd, env=env, cwd=project_dir,
+                              preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    if proc.returncode > 0:
+        error = AnalysisError(f"analysis {ref.name} of {pkg.path} failed (exit code {proc.returncode})")
+        error.reported = True  # the analysis process printed its own one-line error
+        error.exit_code = proc.returncode
+        raise error
+    if proc.returncode < 0:
+        raise AnalysisError(f"analysis {ref.name} of {pkg.path}: the analysis process was killed by signal "
+                            f"{-proc.returncode}")
+    return read_record(pkg, ref.name)
+
+
+def read_record(pkg: SavePackage, name: str) -> dict[str, Any]:
+    path = pkg.analysis_dir / name / META
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise AnalysisError(f"{path}: unreadable analysis record ({e})") from None
+
+
+def headline(pkg_dir: str | Path, name: str, record: dict[str, Any], limit: int = 4) -> str:
+    """The scalar results of an analysis, ``key=value`` joined (for one-line listings)."""
+    try:
+        results = json.loads((Path(pkg_dir) / "analysis" / name / record.get("results", RESULTS)).read_text())
+    except (OSError, ValueError):
+        return ""
+    shown = [f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in results.items()
+             if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+    return " ".join(shown[:limit])
+
+
+def analysis_records(pkg: SavePackage) -> dict[str, dict[str, Any]]:
+    """Every finished analysis of ``pkg`` by script name (folders without a record are skipped)."""
+    if not pkg.analysis_dir.is_dir():
+        return {}
+    out = {}
+    for d in sorted(pkg.analysis_dir.iterdir()):
+        if d.is_dir() and not d.name.startswith(".") and (d / META).is_file():
+            try:
+                out[d.name] = read_record(pkg, d.name)
+            except AnalysisError:
+                continue
+    return out
+
+
+# -- the analysis process ----------------------------------------------------------------
+def load_entry(ref: ScriptRef) -> Callable[[AnalysisContext], Any]:
+    if ref.module is not None:
+        module = importlib.import_module(ref.module)
+    else:
+        assert ref.file is not None
+        spec = importlib.util.spec_from_file_location(f"expflow_analysis_{ref.name}", ref.file)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    entry = getattr(module, ENTRY, None)
+    if not callable(entry):
+        raise AnalysisError(f"analysis script {ref.describe()}: no function {ENTRY}(ctx)")
+    return entry
+
+
+def execute_script(pkg: SavePackage, ref: ScriptRef, checkpoint: int | None = None) -> dict[str, Any]:
+    """Build the context, call the script, and write its outputs (in this process)."""
+    entry = load_entry(ref)
+    out_dir = pkg.analysis_dir / ref.name
+    staging = _staging_dir(out_dir)
+    ctx = AnalysisContext(pkg, script=ref.name, out_dir=staging, checkpoint_step=checkpoint)
+    started = time.monotonic()
+    try:
+        try:
+            output, reason = _as_output(entry(ctx)), None
+        except NotApplicable as e:
+            output, reason = AnalysisOutput(), e.one_line()
+        record = {
+            "script": ref.name,
+            "source": {"origin": ref.origin, "path": ref.describe()},
+            "run_id": pkg.run_id,
+            "checkpoint": _checkpoint_json(ctx),
+            "device": ctx.used_device,
+            "time": utc_now(),
+            "duration_s": round(time.monotonic() - started, 3),
+            "results": RESULTS,
+            "figures": [],
+            "applicable": reason is None,
+            "reason": reason,
+        }
+        for name, figure in output.figures.items():
+            record["figures"].append(_write_figure(staging, name, figure))
+        atomic_write_json(staging / RESULTS, to_jsonable(output.results))
+        record["files"] = sorted(p.name for p in staging.iterdir() if not p.name.startswith("."))
+        atomic_write_json(staging / META, record)
+        _swap_in(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return record
+
+
+def _checkpoint_json(ctx: AnalysisContext) -> dict[str, Any] | None:
+    info = ctx.loaded_checkpoint
+    return None if info is None else {"step": info.step, "epoch": info.epoch, "file": info.file}
+
+
+def _as_output(value: Any) -> AnalysisOutput:
+    if value is None:
+        return AnalysisOutput()
+    if isinstance(value, AnalysisOutput):
+        return value
+    if isinstance(value, dict):
+        return AnalysisOutput(results=value)
+    raise AnalysisError(f"{ENTRY}(ctx) returned {type(value).__name__}; expected a dict or an AnalysisOutput")
+
+
+def _write_figure(directory: Path, name: str, figure: Any) -> str:
+    import io
+
+    if not _FIGURE_NAME.match(name):
+        raise AnalysisError(f"figure name {name!r}: use letters, digits, '_', '-' and '.'")
+    file = name if name.endswith(".png") else f"{name}.png"
+    if isinstance(figure, (bytes, bytearray)):
+        data = bytes(figure)
+    elif hasattr(figure, "savefig"):
+        buf = io.BytesIO()
+        figure.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        data = buf.getvalue()
+    else:
+        raise AnalysisError(f"figure {name!r}: expected a matplotlib Figure or PNG bytes, got {type(figure).__name__}")
+    atomic_write_bytes(directory / file, data)
+    return file
+
+
+def to_jsonable(value: Any) -> Any:
+    """Tensors, NumPy values and paths as plain JSON data."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # torch.Tensor, numpy arrays and scalars
+        return to_jsonable(value.tolist())
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _staging_dir(out_dir: Path) -> Path:
+    """A fresh folder beside ``out_dir``; leftovers of killed analyses are removed first."""
+    import psutil
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.parent.glob(f".{out_dir.name}.*-*"):
+        pid = old.name.rsplit("-", 1)[-1]
+        if not (pid.isdigit() and psutil.pid_exists(int(pid))):
+            shutil.rmtree(old, ignore_errors=True)
+    staging = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    return staging
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    fsync_dir(staging)
+    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+    if out_dir.exists():
+        os.rename(out_dir, old)
+    os.rename(staging, out_dir)
+    fsync_dir(out_dir.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def worker_main(argv: list[str] | None = None) -> int:
+    """``python -m expflow.analysis.worker``: one analysis, in the analysis process."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m expflow.analysis.worker")
+    parser.add_argument("package")
+    parser.add_argument("--name", required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--module")
+    source.add_argument("--file", type=Path)
+    parser.add_argument("--origin", default="file")
+    parser.add_argument("--checkpoint", type=int, default=None)
+    args = parser.parse_args(argv)
+    ref = ScriptRef(args.name, args.origin, module=args.module, file=args.file)
+    pkg = None
+    try:
+        pkg = SavePackage.open(args.package)
+        record = execute_script(pkg, ref, args.checkpoint)
+    except ExpflowError as e:
+        print(f"expflow: error: {e.one_line()}", file=sys.stderr)
+        return e.exit_code
+    except Exception as e:
+        log = pkg.logs_dir / f"analysis-{args.name}.err" if pkg is not None else None
+        where = ""
+        if log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(traceback.format_exc())
+            where = f" (traceback in {log})"
+        message = " ".join(f"{e.__class__.__name__}: {e}".split())
+        print(f"expflow: error: analysis {args.name} of {args.package} failed: {message}{where}", file=sys.stderr)
+        return 1
+    if not record["applicable"]:
+        print(f"{record['run_id']}: analysis {args.name} does not apply: {record['reason']}", flush=True)
+        return 0
+    ck = record["checkpoint"]
+    at = f" at checkpoint step {ck['step']}" if ck else ""
+    print(f"{record['run_id']}: analysis {args.name}{at} -> {pkg.analysis_dir / args.name}", flush=True)
+    return 0

@@ -1,0 +1,1 @@
+"""The analysis scripts shipped with expflow (``expflow analyze <package> <name>``)."""

@@ -1,0 +1,156 @@
+"""`expflow report`: one self-contained HTML page, rendered by headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+from collections import defaultdict
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+from expflow.report import build_report
+from expflow.svgchart import Scale, nice_ticks
+
+from .conftest import run_cli
+from .test_status import curve, fake_package
+
+SWEEP = [(1e-3, 0.6), (3e-3, 0.8), (1e-2, 0.9)]
+CURVE_METRICS = ("val/acc", "val/loss", "train/loss")
+
+
+def sweep(runs: Path) -> list[str]:
+    """Three runs of an lr sweep, the middle one with an analysis."""
+    ids = []
+    for i, (lr, acc) in enumerate(SWEEP):
+        pkg = fake_package(runs, f"lr{i}", overrides=(f"optim.lr={lr}", "trainer.threads=1", f"paths.runs={runs}"),
+                           config={"optim": {"lr": lr}}, points=curve(acc))
+        ids.append(pkg.run_id)
+    folder = runs / "lr1" / "analysis" / "accuracy"
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"accuracy": 0.8}))
+    (folder / "confusion_matrix.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (folder / "analysis.json").write_text(json.dumps({"script": "accuracy", "results": "results.json",
+                                                      "files": ["confusion_matrix.png", "results.json"],
+                                                      "checkpoint": {"step": 30}, "time": "2026-01-01T00:00:00"}))
+    return ids
+
+
+class Elements(HTMLParser):
+    """Every element's tag and attributes, and the page's text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.elements: list[tuple[str, dict[str, str]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        self.elements.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+    def find(self, tag: str, cls: str) -> list[dict[str, str]]:
+        return [a for t, a in self.elements if t == tag and cls in (a.get("class") or "").split()]
+
+
+def parse(html: str) -> Elements:
+    page = Elements()
+    page.feed(html)
+    return page
+
+
+def curves_by_metric(page: Elements) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = defaultdict(list)
+    for a in page.find("polyline", "curve"):
+        found[a["data-metric"]].append(a["data-run"])
+    return found
+
+
+def test_report_is_one_self_contained_page(tmp_path):
+    runs = tmp_path / "runs"
+    ids = sweep(runs)
+    out = tmp_path / "site" / "report.html"
+    info = build_report(runs, out)
+    assert info["runs"] == 3 and info["swept"] == ["optim.lr"] and info["main_metric"] == "val/acc"
+    html = out.read_text()
+    for external in ("http:", "https:", "<link", " src=", "@import", "url("):
+        assert external not in html, external  # nothing is fetched from anywhere
+    page = parse(html)
+    curves = curves_by_metric(page)
+    for metric in CURVE_METRICS:
+        assert sorted(curves[metric]) == sorted(ids), metric  # one curve per run, per metric
+    points = page.find("circle", "point")
+    assert sorted(p["data-run"] for p in points) == sorted(ids)  # final val/acc vs optim.lr
+    rows = [a for t, a in page.elements if t == "tr" and "data-run" in a]
+    assert [r["data-run"] for r in rows] == ids
+    links = [a["href"] for t, a in page.elements if t == "a" and "analysis" in a.get("href", "")]
+    assert links and all((out.parent / unquote(h)).exists() for h in links)
+    assert any(h.endswith("confusion_matrix.png") for h in links)
+
+
+def test_report_command_and_empty_runs(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    proc = run_cli("report", "--runs", str(runs))
+    assert proc.returncode == 0, proc.stderr
+    html = (runs / "report.html").read_text()
+    assert "No metric records yet" in html and "0 runs" in proc.stdout + html
+
+
+def test_chart_scales():
+    assert nice_ticks(0.51, 0.947) == [0.5, 0.6, 0.7, 0.8, 0.9]
+    assert nice_ticks(0, 65) == [0, 20, 40, 60]
+    assert Scale.fit([0.001, 0.003, 0.01], log=True).ticks() == [0.001, 0.002, 0.005, 0.01]
+    assert Scale.fit([5.0, 5.0]).lo < 5.0 < Scale.fit([5.0, 5.0]).hi
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("EXPFLOW_REQUIRE_CHROMIUM"):
+            pytest.fail("chromium is not installed (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return found
+
+
+def headless(page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}", "--hide-scrollbars",
+           *args, page.resolve().as_uri()]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_report_renders_in_headless_chromium(tmp_path):
+    runs = tmp_path / "runs"
+    ids = sweep(runs)
+    out = tmp_path / "report.html"
+    build_report(runs, out)
+    dom = headless(out, tmp_path / "profile", "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    page = parse(dom.stdout)
+    html_tag = next(a for t, a in page.elements if t == "html")
+    assert html_tag.get("data-ready") == "1"  # the page's script ran (no error, nothing to fetch)
+    curves = curves_by_metric(page)
+    for metric in CURVE_METRICS:
+        assert sorted(curves[metric]) == sorted(ids), metric
+    text = " ".join(page.text)
+    assert "Learning curves" in text and "Final val/acc against each swept parameter" in text
+    assert all(run_id in text for run_id in ids)
+
+    shot = tmp_path / "report.png"
+    proc = headless(out, tmp_path / "profile", "--window-size=1280,2200", f"--screenshot={shot}")
+    assert proc.returncode == 0 and shot.exists(), proc.stderr[-2000:]
+    assert png_size(shot) == (1280, 2200)
+    assert shot.stat().st_size > 50_000  # tables, text and curves: far from a blank page

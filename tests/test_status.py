@@ -1,0 +1,230 @@
+"""`expflow status` and `expflow show`: every state as it is now, including a killed
+process (CRASHED) and a run waiting for a GPU lease (QUEUED)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from expflow.package import SavePackage, Status
+from expflow.status_board import Board, parse_statuses, select
+
+from .conftest import REPO, assert_one_line_error, run_cli, small_overrides
+
+
+def fake_package(runs: Path, name: str, *, overrides: tuple[str, ...] = (), config: dict | None = None,
+                 points: list[tuple[int, dict[str, float]]] = ()) -> SavePackage:
+    """A package without training: a tiny code snapshot, a config, and metric records."""
+    proj = runs.parent / "proj"
+    (proj / "src").mkdir(parents=True, exist_ok=True)
+    (proj / "src" / "m.py").write_text("x = 1\n")
+    cfg = {"seed": 0, "run_id": name, "paths": {"runs": str(runs)}, "trainer": {"max_epochs": 3},
+           "lifecycle": {"hold_best": "val/acc"}, "optim": {"lr": 0.001}, **(config or {})}
+    pkg = SavePackage.create(runs / name, config=cfg, overrides=list(overrides), store=runs / ".store",
+                             code_root=proj)
+    with pkg.record_writer() as w:
+        for step, values in points:
+            w.log(values, step=step, epoch=step // 10)
+    return pkg
+
+
+def curve(final_acc: float, steps: int = 3) -> list[tuple[int, dict[str, float]]]:
+    """Records of a short run whose val/acc ends at ``final_acc``."""
+    out = []
+    for e in range(1, steps + 1):
+        out.append((e * 10 - 5, {"train/loss": (2.0 - final_acc) / e}))
+        out.append((e * 10, {"val/acc": final_acc * e / steps, "val/loss": (1.5 - final_acc) / e}))
+    return out
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def mark(pkg: SavePackage, status: Status, **fields) -> None:
+    pkg.update_manifest(lambda m: m.setdefault("attempts", []).append({"kind": "train", "time": m["created"]}))
+    pkg.set_status(status, **fields)
+
+
+def test_board_shows_each_state_as_it_is_now(tmp_path):
+    runs = tmp_path / "runs"
+    fake_package(runs, "queued")
+    waiting = fake_package(runs, "waiting")
+    waiting.set_status(Status.QUEUED, note="waiting for 1 GPU(s)")
+    mark(fake_package(runs, "preparing"), Status.PREPARING)
+    running = fake_package(runs, "running", points=curve(0.5, 2))
+    mark(running, Status.RUNNING, device="cpu", gpus=[1], progress={"epoch": 2, "step": 20, "max_epochs": 3,
+                                                                    "steps_per_epoch": 10})
+    running.beat(step=20, epoch=2)
+    done = fake_package(runs, "completed", points=curve(0.9))
+    mark(done, Status.RUNNING)
+    done.set_status(Status.COMPLETED, progress={"epoch": 3, "step": 30, "max_epochs": 3, "steps_per_epoch": 10})
+    failed = fake_package(runs, "failed", points=curve(0.3, 1))
+    mark(failed, Status.CRASHED, error={"type": "ValueError", "message": "Invalid learning rate: -1.0", "log": ""})
+    killed = fake_package(runs, "killed", points=curve(0.4, 1))
+    mark(killed, Status.RUNNING)
+    pid = dead_pid()
+    killed.update_manifest(lambda m: m["status_history"][-1].update(pid=pid))
+    killed.beat()
+    (killed.heartbeat_path).write_text(json.dumps({**killed.heartbeat(), "pid": pid}))
+
+    rows = {r.run_id: r for r in Board(runs).rows()}
+    assert {k: r.status for k, r in rows.items()} == {
+        "queued": "QUEUED", "waiting": "QUEUED", "preparing": "PREPARING", "running": "RUNNING",
+        "completed": "COMPLETED", "failed": "CRASHED", "killed": "CRASHED"}
+    assert rows["waiting"].note == "waiting for 1 GPU(s)" and rows["queued"].note == "not started"
+    assert rows["killed"].recorded_status == "RUNNING" and "died" in rows["killed"].note
+    assert rows["killed"].finished_estimated and rows["killed"].finished
+    assert rows["failed"].note.startswith("ValueError: Invalid learning rate")
+    r = rows["running"]
+    assert (r.step, r.total_steps, r.epoch, r.max_epochs) == (20, 30, 2, 3)
+    assert r.devices == "gpu 1 · cpu" and r.finished is None and r.duration_s is not None
+    assert rows["completed"].metric == "val/acc" and rows["completed"].value == pytest.approx(0.9)
+    assert rows["completed"].duration_s is not None and rows["completed"].finished
+
+    by_metric = [r.run_id for r in select(list(rows.values()), sort="metric")]
+    assert by_metric[:4] == ["completed", "running", "killed", "failed"]  # best val/acc first, no value last
+    crashed = select(list(rows.values()), parse_statuses(["crashed"]), sort="run")
+    assert [r.run_id for r in crashed] == ["failed", "killed"]
+    assert parse_statuses(["queuing,Running"]) == {"QUEUED", "RUNNING"}
+
+
+def test_status_cli_table_json_filter_and_errors(tmp_path):
+    runs = tmp_path / "runs"
+    fake_package(runs, "a1", points=curve(0.8))
+    mark(fake_package(runs, "b2", points=curve(0.6)), Status.CRASHED, error={"type": "OSError", "message": "disk"})
+    (runs / "not-a-package").mkdir()
+    table = run_cli("status", "--runs", str(runs))
+    assert table.returncode == 0, table.stderr
+    for needle in ("a1", "b2", "QUEUED", "CRASHED", "val/acc", "0.8", "OSError: disk", "1 QUEUED", "1 CRASHED"):
+        assert needle in table.stdout, needle
+    only = run_cli("status", "--runs", str(runs), "--json", "--status", "crashed")
+    assert [r["run_id"] for r in json.loads(only.stdout)] == ["b2"]
+    assert_one_line_error(run_cli("status", "--runs", str(runs), "--status", "done"), "unknown status", "COMPLETED")
+    assert_one_line_error(run_cli("status", "--runs", str(tmp_path / "nope")), "no such runs directory")
+
+
+def test_status_watch_refreshes_until_interrupted(tmp_path):
+    runs = tmp_path / "runs"
+    fake_package(runs, "w1", points=curve(0.7))
+    proc = subprocess.Popen([sys.executable, "-m", "expflow.cli", "status", "--runs", str(runs), "--watch",
+                             "--interval", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    fake_package(runs, "w2", points=curve(0.2))  # appears in a later refresh
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "w1" in out and "w2" in out and "every 0.2s" in out
+
+
+def test_show_renders_history_analyses_and_a_killed_run(tmp_path):
+    runs = tmp_path / "runs"
+    pkg = fake_package(runs, "killed", points=curve(0.4, 1))
+    mark(pkg, Status.RUNNING)
+    pid = dead_pid()
+    pkg.update_manifest(lambda m: m["status_history"][-1].update(pid=pid))
+    pkg.logs_dir.mkdir(exist_ok=True)
+    pkg.log_path(0, "err").write_text("".join(f"line {i}\n" for i in range(50)))
+    done = pkg.analysis_dir / "learning_curves"
+    done.mkdir(parents=True)
+    (done / "results.json").write_text(json.dumps({"val/acc": {"last": 0.4}, "points": 3}))
+    (done / "analysis.json").write_text(json.dumps({"script": "learning_curves", "results": "results.json",
+                                                    "files": ["results.json"], "checkpoint": None,
+                                                    "time": "2026-01-01T00:00:00+00:00"}))
+    shown = run_cli("show", str(pkg.path))
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    assert "CRASHED" in out and f"process {pid}" in out and "died while RUNNING" in out
+    assert "history" in out and "QUEUED" in out and "attempt: train" in out
+    assert "learning_curves" in out and "points=3" in out
+    assert "line 49" in out and "line 20" in out and "line 19" not in out  # the last 30 lines
+    info = json.loads(run_cli("show", str(pkg.path), "--json").stdout)
+    assert info["analysis_records"]["learning_curves"]["script"] == "learning_curves"
+
+
+# -- end to end: real processes -------------------------------------------------------------
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def statuses(runs: Path, env: dict) -> dict[str, dict]:
+    proc = run_cli("status", "--runs", str(runs), "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    return {r["run_id"]: r for r in json.loads(proc.stdout)}
+
+
+@pytest.mark.slow
+def test_live_states_waiting_for_a_lease_running_killed_and_crashed(tmp_path):
+    runs = tmp_path / "runs"
+    env = {"EXPFLOW_SIMULATED_GPUS": "1x1000", "EXPFLOW_LEASE_DIR": str(tmp_path / "leases")}
+    full_env = dict(os.environ, **env)
+    # A run that crashes in its training code, and one that completes.
+    crashed = run_cli(*small_overrides(runs, "optim.lr=-1", "run_id=crashed"), module="expflow.train")
+    assert crashed.returncode != 0
+    # The only (simulated) GPU is held by another process ...
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from expflow.gpu import lease_gpus; "
+                               "l = lease_gpus(1, 0, 1); print('leased', flush=True); time.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True, env=full_env)
+    procs = [holder]
+    try:
+        assert holder.stdout.readline().strip() == "leased"
+        # ... so a package that needs one waits for its lease: QUEUED.
+        made = run_cli("materialize", "--runs", str(runs), "--config-dir", str(REPO / "conf"),
+                       "--", "trainer=debug", f"code.root={REPO}", "gpu.count=1", env=env)
+        assert made.returncode == 0, made.stderr
+        (waiting_dir,) = [p for p in runs.iterdir() if p.name != "crashed" and not p.name.startswith(".")]
+        waiter = subprocess.Popen([sys.executable, "-m", "expflow.cli", "run", str(waiting_dir)], env=full_env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(waiter)
+        # A long CPU run, RUNNING until it is killed.
+        trainer = subprocess.Popen([sys.executable, "-m", "expflow.train",
+                                    *small_overrides(runs, "trainer.max_epochs=1000", "run_id=victim")],
+                                   cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(trainer)
+        wait_for(lambda: (runs / "victim" / "manifest.json").exists()
+                 and SavePackage(runs / "victim").status() is Status.RUNNING
+                 and SavePackage(waiting_dir).manifest()["status_history"][-1].get("note"), 120, "RUNNING and QUEUED")
+        wait_for(lambda: statuses(runs, env)["victim"]["step"] > 0, 60, "progress")
+        rows = statuses(runs, env)
+        assert rows[waiting_dir.name]["status"] == "QUEUED"
+        assert rows[waiting_dir.name]["note"] == "waiting for 1 GPU(s)"
+        assert rows["victim"]["status"] == "RUNNING" and rows["victim"]["max_epochs"] == 1000
+        assert rows["crashed"]["status"] == "CRASHED" and "ValueError" in rows["crashed"]["note"]
+        table = run_cli("status", "--runs", str(runs), env=env).stdout
+        assert "RUNNING" in table and "QUEUED" in table and "waiting for 1 GPU(s)" in table
+
+        trainer.send_signal(signal.SIGKILL)  # no chance to record anything
+        trainer.wait()
+        rows = statuses(runs, env)
+        assert rows["victim"]["status"] == "CRASHED" and rows["victim"]["recorded_status"] == "RUNNING"
+        assert rows["victim"]["finished_estimated"] and "died" in rows["victim"]["note"]
+        shown = run_cli("show", str(runs / "victim"))
+        assert "CRASHED" in shown.stdout and "died while RUNNING" in shown.stdout
+
+        shown = run_cli("show", str(runs / "crashed"))
+        assert "CRASHED" in shown.stdout and "ValueError" in shown.stdout
+        assert "Traceback" in shown.stdout  # the error log's tail
+
+        holder.kill()  # the lease frees: the waiting run trains and completes
+        holder.wait()
+        assert waiter.wait(timeout=120) == 0
+        rows = statuses(runs, env)
+        assert rows[waiting_dir.name]["status"] == "COMPLETED" and rows[waiting_dir.name]["devices"].startswith("gpu 0")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()

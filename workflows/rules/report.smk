@@ -1,0 +1,26 @@
+# The report is cheap and reads every package: it runs where Snakemake runs, never as a cluster job.
+localrules:
+    report,
+
+
+rule report:
+    """One self-contained HTML page of every package: run table, learning curves, sweep, analyses."""
+    input:
+        trained=expand(rules.train.output.done, run=sorted(RUNS)),
+        analyses=expand(rules.analyze.output.done, run=sorted(RUNS), script=config["analyze"]["scripts"]),
+    output:
+        html=REPORT_HTML,
+    log:
+        f"{WORKFLOW_DIR}/logs/report.log",
+    benchmark:
+        f"{WORKFLOW_DIR}/benchmarks/report.tsv"
+    params:
+        # <runs_dir>, from <runs_dir>/<run>/train.done
+        runs=lambda wildcards, input: os.path.dirname(os.path.dirname(input.trained[0])),
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/expflow.yaml"
+    shell:
+        'expflow report --runs "{params.runs}" --out "{output.html}" > {log} 2>&1'
