@@ -14,6 +14,9 @@ include: "workflows/rules/common.smk"
 include: "workflows/rules/package.smk"
 include: "workflows/rules/train.smk"
 include: "workflows/rules/analyze.smk"
+include: "workflows/rules/report.smk"
+include: "workflows/rules/sync.smk"
+include: "workflows/rules/align.smk"
 
 
 rule all:

@@ -52,6 +52,11 @@ def lpt_makespan(lengths: list[float], machines: int) -> float:
 
 
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scheduler", default=None, help="Snakemake's --scheduler (ilp, greedy); default: Snakemake's")
+    args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="expflow-pack-") as tmp:
         proj = Path(tmp) / "proj"
         for name in ("src", "conf", "workflows"):
@@ -69,8 +74,10 @@ def main() -> None:
                    EXPFLOW_LEASE_DIR=str(Path(tmp) / "leases"))
         env.pop("CUDA_VISIBLE_DEVICES", None)
         t0 = time.time()
-        proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "8", "--resources", f"gpu={DEVICES}"],
-                              cwd=proj, env=env, capture_output=True, text=True)
+        cmd = [sys.executable, "-m", "snakemake", "--cores", "8", "--resources", f"gpu={DEVICES}"]
+        if args.scheduler:
+            cmd += ["--scheduler", args.scheduler]
+        proc = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True)
         wall = time.time() - t0
         if proc.returncode != 0:
             raise SystemExit(proc.stderr[-3000:])

@@ -35,6 +35,7 @@ def instantiate_all(cfg):
     instantiate(cfg.lifecycle)
     tracker = instantiate(cfg.tracker)
     tracker.log({"a": 1.0}, step=0)
+    tracker.finish("COMPLETED")
 
 
 @pytest.mark.parametrize("override", CASES)

@@ -76,7 +76,8 @@ def test_kill_then_continue_completes_without_losing_records(tmp_path):
         # Acknowledged records are intact: no torn or corrupt line, and every one is
         # a record the reference also wrote (up to the rollback a continue will do).
         scan = pkg.scan_records()
-        assert scan.problems == []
+        # At most a torn last line: a write the kill cut short (never acknowledged).
+        assert [p.reason.split()[0] for p in scan.problems] in ([], ["torn"])
         for step, values in points(pkg):
             assert (step, values) in ref_points
         # A second kill, during the continue, in half of the trials.

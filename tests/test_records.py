@@ -59,20 +59,21 @@ def test_rollback_to_minus_one_drops_everything(tmp_path):
     assert effective_metrics(scan_records(p).records) == []
 
 
-def test_torn_tail_is_reported_and_isolated_on_reopen(tmp_path):
+def test_torn_tail_is_reported_then_cut_off_on_reopen(tmp_path):
     p = tmp_path / "records.log"
     write_steps(p, [1, 2, 3])
     data = p.read_bytes()
-    p.write_bytes(data[:-7])  # the last record lost its end
+    p.write_bytes(data[:-7])  # the last record lost its end: its write never completed
     scan = scan_records(p)
     assert [r["step"] for r in scan.records] == [1, 2]
     assert len(scan.problems) == 1 and "torn" in scan.problems[0].reason
     with pytest.raises(RecordError, match="line 3"):
         scan_records(p, strict=True)
-    write_steps(p, [3])  # the writer starts a fresh line after the fragment
+    write_steps(p, [3])  # the writer cuts the unacknowledged fragment, then appends
     scan = scan_records(p)
     assert [r["step"] for r in scan.records] == [1, 2, 3]
-    assert len(scan.problems) == 1 and scan.problems[0].line == 3
+    assert scan.problems == []
+    assert p.read_bytes().startswith(data[: data.rfind(b"\n", 0, len(data) - 7) + 1])
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -142,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
 # Modules that add their own subcommands: each has ``register(subparsers)``, which adds
 # parsers whose ``func(args) -> int`` does the work (imports stay inside ``func``).
 COMMAND_MODULES: list[str] = [
+    "expflow.sync.cli",
+    "expflow.align.cli",
+    "expflow.analyze",
+    "expflow.status_board",
+    "expflow.report",
+    "expflow.scaffold",
 ]
 
 

@@ -30,6 +30,20 @@ class RecordError(PackageError):
     """A metric record file is corrupt at a given position."""
 
 
+class SyncError(ExpflowError):
+    """A package could not be synced to a tracking server (bad target, id, or records)."""
+
+    exit_code = 1
+
+
+class SyncDeferred(SyncError):
+    """No network or no credentials: nothing was lost, the next sync catches up."""
+
+
+class AlignError(ExpflowError):
+    """A metric-alignment spec is invalid, or a framework's source cannot be read."""
+
+
 class RunCrashed(ExpflowError):
     """The training code raised; the package is marked CRASHED."""
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from expflow.analysis import analysis_records, headline
 from expflow.package import SavePackage, last_values
 from expflow.package.status import Status
 
@@ -22,7 +26,7 @@ def package_summary(pkg: SavePackage) -> dict[str, Any]:
         ]
     except Exception as e:  # an unreadable index must not hide the rest
         checkpoints = [{"error": str(e)}]
-    analyses = sorted(p.name for p in pkg.analysis_dir.iterdir()) if pkg.analysis_dir.is_dir() else []
+    analyses = sorted(p.name for p in pkg.analysis_dir.iterdir() if not p.name.startswith(".")) if pkg.analysis_dir.is_dir() else []
     return {
         "run_id": m.get("run_id"),
         "path": str(pkg.path),
@@ -45,11 +49,16 @@ def package_summary(pkg: SavePackage) -> dict[str, Any]:
         "metrics_last": last_values(scan.records),
         "records": {"count": len(scan.records), "problems": [str(p) for p in scan.problems]},
         "analyses": analyses,
+        "analysis_records": analysis_records(pkg),
+        "status_history": m.get("status_history", []),
+        "attempts": m.get("attempts", []),
+        "leases": m.get("leases", []),
+        "heartbeat": pkg.heartbeat(),
     }
 
 
-def error_tail(pkg: SavePackage, lines: int = 30) -> list[str]:
-    err = pkg.log_path(0, "err")
+def error_tail(pkg: SavePackage, lines: int = 30, log: str | None = None) -> list[str]:
+    err = Path(log) if log and Path(log).is_file() else pkg.log_path(0, "err")  # a moved package: its own log
     try:
         return err.read_text(errors="replace").splitlines()[-lines:]
     except OSError:
@@ -102,13 +111,76 @@ def render_summary(summary: dict[str, Any], pkg: SavePackage, console: Console) 
     problems = summary["records"]["problems"]
     if problems:
         console.print(f"[yellow]metric records: {len(problems)} invalid line(s): {problems[0]}[/]")
-    if summary["analyses"]:
-        console.print("analyses: " + ", ".join(summary["analyses"]))
+    render_history(summary, console)
+    render_analyses(summary, console)
     if status == "CRASHED":
         err = summary.get("error") or {}
         if err:
-            console.print(f"[red]error: {err.get('type')}: {err.get('message')}[/]")
-        tail = error_tail(pkg)
+            console.print(f"[red]error: {escape(str(err.get('type')))}: {escape(str(err.get('message')))}[/]",
+                          highlight=False)
+        else:
+            last = (summary.get("status_history") or [{}])[-1]
+            beat = (summary.get("heartbeat") or {}).get("time")
+            seen = f"; last heartbeat {datetime.fromtimestamp(beat):%Y-%m-%d %H:%M:%S}" if beat else ""
+            console.print(f"[red]process {last.get('pid')} on {last.get('host')} died while "
+                          f"{summary.get('recorded_status')} without recording an error (killed?){seen}[/]")
+        tail = error_tail(pkg, log=err.get("log"))
         if tail:
             console.print("[bold]last lines of the error log:[/]")
             console.print("\n".join(tail), markup=False, highlight=False)
+
+
+def render_history(summary: dict[str, Any], console: Console) -> None:
+    """Status transitions, attempts (train/continue) and GPU leases, one line each."""
+    history = summary.get("status_history") or []
+    if history:
+        steps = [f"{h.get('status')} {_clock(h.get('time'))}" + (f" ({h['note']})" if h.get("note") else "")
+                 for h in history]
+        console.print(f"history ({_date(history[0].get('time'))}): " + " -> ".join(steps),
+                      markup=False, highlight=False)
+    for a in summary.get("attempts") or []:
+        start = f" from step {a['from_step']}" if "from_step" in a else ""
+        console.print(f"attempt: {a.get('kind')}{start} at {_clock(a.get('time'))}", markup=False, highlight=False)
+    for lease in summary.get("leases") or []:
+        released = lease.get("released")
+        held = f"held {released - lease['acquired']:.1f}s" if released and lease.get("acquired") else "held now"
+        gpus = f"gpus {lease['gpus']}" if lease.get("gpus") else "no GPU (cpu)"
+        console.print(f"lease: {gpus}, {held}", markup=False, highlight=False)
+
+
+def render_analyses(summary: dict[str, Any], console: Console) -> None:
+    """One line per analysis: which checkpoint, when, its scalar results and its files."""
+    records = summary.get("analysis_records") or {}
+    if not summary.get("analyses"):
+        return
+    console.print("[bold]analyses[/] (in analysis/):")
+    for name in summary["analyses"]:
+        rec = records.get(name)
+        if rec is None:
+            console.print(f"  {name}: incomplete (no analysis.json)", markup=False, highlight=False)
+            continue
+        if not rec.get("applicable", True):
+            console.print(f"  {name}: does not apply ({rec.get('reason')})", markup=False, highlight=False)
+            continue
+        ck = rec.get("checkpoint") or {}
+        at = f" at step {ck['step']}" if ck else ""
+        results = headline(summary["path"], name, rec) or "-"
+        console.print(f"  {name}{at} ({_clock(rec.get('time'))}): {results} -> {', '.join(rec.get('files', []))}",
+                      markup=False, highlight=False)
+
+
+def _local(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value)).astimezone()
+    except ValueError:
+        return None
+
+
+def _clock(value: Any) -> str:
+    t = _local(value)
+    return t.strftime("%H:%M:%S") if t else str(value)
+
+
+def _date(value: Any) -> str:
+    t = _local(value)
+    return t.strftime("%Y-%m-%d") if t else "?"

@@ -108,6 +108,9 @@ def run_package(pkg: SavePackage, *, from_snapshot: bool = True, wait: bool = Tr
             m["gpus"] = placement.gpus
             m["lease"] = placement.lease.to_json() if placement.lease else None
             m.setdefault("leases", []).append({"gpus": placement.gpus, "acquired": acquired, "released": None})
+            job = scheduler_job()
+            if job:
+                m.setdefault("scheduler_jobs", []).append(job)
 
         pkg.update_manifest(record_lease)
         real_gpus = placement.lease is not None and not placement.simulated
@@ -158,9 +161,26 @@ def launch(
         error = pkg.manifest().get("error") or {}
         detail = f"{error.get('type')}: {error.get('message')}" if error else f"exit code {proc.returncode}"
         error = RunCrashed(f"run {pkg.run_id} crashed: {detail} (logs in {pkg.logs_dir})")
-        error.reported = proc.returncode != 0  # the child printed its own one-line error
+        # A child that exited with an error code printed its own one-line error; one killed
+        # by a signal (negative code) printed nothing, so this error must be shown.
+        error.reported = proc.returncode > 0
         raise error
     return RunResult(pkg, status, _last_metrics(pkg))
+
+
+def scheduler_job(environ: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """The Slurm job this process runs in (id, node, granted GPUs), or None outside Slurm."""
+    environ = os.environ if environ is None else environ
+    job_id = environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID")
+    if not job_id:
+        return None
+    return {
+        "scheduler": "slurm",
+        "job_id": job_id,
+        "node": environ.get("SLURMD_NODENAME") or environ.get("SLURM_NODELIST"),
+        "granted_gpus": environ.get("EXPFLOW_GRANTED_DEVICES", environ.get("CUDA_VISIBLE_DEVICES")),
+        "time": _now(),
+    }
 
 
 def _die_with_parent() -> None:
@@ -274,7 +294,7 @@ def _execute(pkg: SavePackage, resume: str | int | None, env: Any, logs: Any) ->
         distributed.init(env, device)
         if cfg.trainer.threads:
             torch.set_num_threads(int(cfg.trainer.threads))
-        seed_everything(int(cfg.seed), bool(cfg.trainer.deterministic))
+        seed_everything(int(cfg.seed), bool(cfg.trainer.deterministic), cuda=device.type == "cuda")
         run = _Run(pkg, cfg, env, device, writer, logs, heartbeat)
         tracker = run.tracker
         if resume is not None:
@@ -284,6 +304,7 @@ def _execute(pkg: SavePackage, resume: str | int | None, env: Any, logs: Any) ->
         run.loop()
         distributed.barrier()
         if main:
+            writer.flush()  # type: ignore[union-attr]  # every record is on disk before COMPLETED
             pkg.set_status(Status.COMPLETED, progress=run.progress())
             tracker.finish("COMPLETED")
         return RunResult(pkg, Status.COMPLETED, dict(run.state.metrics))
@@ -321,7 +342,7 @@ class _Run:
         from expflow.data import Shard, train_loader, val_loader
         from expflow.lifecycle import TrainState
         from expflow.runlog import ProgressReporter
-        from expflow.tracking import NullTracker
+        from expflow.tracking import build_tracker
 
         self.pkg, self.cfg, self.env, self.device, self.writer = pkg, cfg, env, device, writer
         self.heartbeat = heartbeat
@@ -336,7 +357,8 @@ class _Run:
         sched = cfg.optim.get("scheduler")
         self.scheduler = instantiate(sched)(self.optimizer) if sched else None
         self.lifecycle = instantiate(cfg.lifecycle)
-        self.tracker = instantiate(cfg.tracker) if env.is_main else NullTracker()
+        # Rank 0 only (a NullTracker elsewhere); a failing tracker never stops training.
+        self.tracker = build_tracker(cfg.tracker, is_main=env.is_main, run_dir=pkg.tracker_dir, run_id=pkg.run_id)
         if env.is_main:
             self.tracker.log_config(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
         shard = Shard(env.rank, env.world_size)
@@ -388,6 +410,8 @@ class _Run:
 
         rng = distributed.gather_objects(capture_rng_state())
         if self.env.is_main:
+            assert self.writer is not None
+            self.writer.flush()  # a checkpoint never exists before the records it covers are on disk
             state = {
                 "format": CHECKPOINT_FORMAT,
                 "model": self._unwrapped().state_dict(),
@@ -406,6 +430,9 @@ class _Run:
 
     # -- metrics ---------------------------------------------------------------
     def log(self, values: dict[str, float], epoch: int) -> None:
+        """Record ``values`` at the current step (rank 0): queued for the package's record
+        writer (microseconds; acknowledged at the next checkpoint or ``flush``), then mirrored
+        to the tracker."""
         self.state.metrics.update(values)
         if self.writer is not None:
             self.writer.log(values, step=self.state.step, epoch=epoch)

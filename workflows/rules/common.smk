@@ -1,7 +1,9 @@
 # No rules here: config validation, the planned runs, and the input functions.
+import shlex
+
 from snakemake.utils import validate
 
-from expflow.workflow import plan_workflow, workflow_settings
+from expflow.workflow import cluster_resources, plan_workflow, workflow_settings
 
 
 validate(config, schema="../schemas/workflow.schema.yaml")
@@ -11,6 +13,14 @@ RUNS_DIR = config["runs_dir"]
 # Hydra's parser expands the sweep here, at DAG-build time: every run id is known up front.
 RUNS = plan_workflow(config)
 WORKFLOW_DIR = f"{RUNS_DIR}/.workflow"
+# report.out: the workflow's HTML page of every run (default: <runs_dir>/report.html).
+REPORT_HTML = config["report"]["out"] or f"{RUNS_DIR}/report.html"
+# slurm_partition / slurm_account for every rule (from the config or the environment).
+CLUSTER = cluster_resources(config)
+# Retries belong to the main Snakemake process (it resubmits the job, which continues the
+# package). A rule's `retries:` also applies inside a cluster job step, which would retry
+# a failing run again within the same allocation: none there.
+TRAIN_RETRIES = 0 if workflow.remote_exec else config["train"]["retries"]
 
 
 wildcard_constraints:
@@ -38,4 +48,32 @@ def all_targets():
     """Every run trained, and every listed analysis of it."""
     targets = expand(rules.train.output.done, run=sorted(RUNS))
     targets += expand(rules.analyze.output.done, run=sorted(RUNS), script=config["analyze"]["scripts"])
+    if SYNC_TARGET != "off":
+        targets += expand(rules.sync.output.done, run=sorted(RUNS))
+    if config["report"]["enabled"]:
+        targets.append(rules.report.output.html)
+    if config["align"]["enabled"]:
+        targets.append(rules.align.output.check)
     return targets
+
+
+# sync.target: upload every trained package at the end (swanlab | mlflow), or off (null).
+SYNC_TARGET = config["sync"]["target"] or "off"
+if SYNC_TARGET != "off":
+    from expflow.sync.cli import forget_deferred
+
+    # A deferred sync (no network or credentials) left a marker saying so: drop it, so this
+    # workflow run syncs those packages again.
+    forget_deferred(f"{RUNS_DIR}/{run}/tracker/sync/{SYNC_TARGET}.done" for run in RUNS)
+
+
+def sync_options():
+    """`expflow sync` options from the workflow config's sync section, quoted for the shell."""
+    sync = config["sync"]
+    options = ["--target", SYNC_TARGET, "--id", sync["id"]]
+    for key in ("uri", "project"):
+        if sync.get(key):
+            options += [f"--{key}", sync[key]]
+    if sync.get("strict"):
+        options.append("--strict")
+    return " ".join(shlex.quote(str(o)) for o in options)

@@ -137,6 +137,9 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}: {value} is out of range; valid: an integer >= {minimum}")
     if OmegaConf.select(cfg, "trainer.heartbeat_s", default=1.0) <= 0:
         raise ConfigError("trainer.heartbeat_s: must be > 0")
+    from expflow.tracking.validate import check_tracker_config
+
+    check_tracker_config(cfg)
 
 
 # -- errors ----------------------------------------------------------------------

@@ -128,6 +128,36 @@ class NullTrackerConfig:
     _target_: str = "expflow.tracking.NullTracker"
 
 
+@dataclass
+class SwanLabTrackerConfig:
+    _target_: str = "expflow.tracking.swanlab.SwanLabTracker"
+    project: str | None = "expflow"
+    mode: str = "offline"  # offline | local | cloud | disabled (checked by expflow.tracking.validate)
+    workspace: str | None = None
+    experiment_name: str | None = None  # null: the run id
+    description: str | None = None
+    tags: list[str] = field(default_factory=list)
+    web_host: str | None = None  # a private deployment's web and API hosts
+    api_host: str | None = None
+    monitor: bool = False  # SwanLab's hardware monitor (a sampling thread)
+
+
+@dataclass
+class MlflowTrackerConfig:
+    _target_: str = "expflow.tracking.mlflow.MlflowTracker"
+    project: str | None = "expflow"  # the MLflow experiment
+    mode: str = "online"  # online | disabled
+    tracking_uri: str | None = None  # null: $MLFLOW_TRACKING_URI, else a SQLite store in the package
+    experiment_name: str | None = None  # the run's name; null: the run id
+
+
+@dataclass
+class MultiTrackerConfig:
+    _target_: str = "expflow.tracking.MultiTracker"
+    _recursive_: bool = False  # MultiTracker builds its trackers, passing them the package
+    trackers: dict[str, Any] = field(default_factory=dict)
+
+
 def register_configs() -> None:
     """Register the schemas (idempotent). YAML options extend them through their
     defaults list, e.g. ``- /schema/model@_here_: digits_mlp``."""
@@ -143,6 +173,9 @@ def register_configs() -> None:
         ("trainer", "trainer", TrainerConfig),
         ("checkpoint", "checkpoint", CheckpointConfig),
         ("tracker", "null", NullTrackerConfig),
+        ("tracker", "swanlab", SwanLabTrackerConfig),
+        ("tracker", "mlflow", MlflowTrackerConfig),
+        ("tracker", "multi", MultiTrackerConfig),
         ("gpu", "gpu", GpuConfig),
     ):
         cs.store(group=f"schema/{group}", name=name, node=node)

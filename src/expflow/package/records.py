@@ -1,8 +1,10 @@
 """Append-only, checksummed metric records: the package's own source of truth.
 
 One record a line: ``<crc32 as 8 hex digits> <json>\\n``; the CRC covers the JSON bytes.
-A line is written with a single ``os.write`` on an ``O_APPEND`` descriptor, so once
-``log`` returns the record is in the file even if the process is killed right after.
+``RecordWriter.log`` encodes a record and queues it for a background thread, which
+appends whole lines with ``os.write`` on an ``O_APPEND`` descriptor, in order; once
+``flush()`` returns (the record is *acknowledged*), it is in the file even if the process
+is killed right after.
 
 Kinds of record:
 - ``metrics``: ``{"seq", "kind": "metrics", "step", "epoch", "time", "values": {name: float}}``
@@ -13,9 +15,12 @@ Kinds of record:
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import threading
 import time
+import weakref
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -42,6 +47,8 @@ class RecordScan:
     records: list[dict[str, Any]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     size: int = 0  # bytes scanned
+    # Byte offset of each record's line (parallel to ``records``): where a record sits.
+    offsets: list[int] = field(default_factory=list)
 
 
 def encode_record(record: dict[str, Any]) -> bytes:
@@ -97,6 +104,7 @@ def scan_records(path: str | os.PathLike[str], *, strict: bool = False) -> Recor
         if raw:
             try:
                 scan.records.append(decode_line(raw))
+                scan.offsets.append(offset)
             except ValueError as e:
                 problem = Problem(line_no, offset, str(e))
                 if strict:
@@ -140,8 +148,42 @@ def _as_float(name: str, value: Any) -> float:
     return float(value)
 
 
+_INF = float("inf")
+
+
+def _float_json(value: float) -> str:
+    """A float as ``json.dumps(allow_nan=True)`` writes it."""
+    if value != value:
+        return "NaN"
+    if value == _INF:
+        return "Infinity"
+    if value == -_INF:
+        return "-Infinity"
+    return repr(value)
+
+
 class RecordWriter:
-    """Appends records to a package's record file (rank 0 only)."""
+    """Appends records to a package's record file (rank 0 only).
+
+    ``log`` checks and encodes the record on the calling thread (so a bad value raises
+    there, and a record's bytes are fixed when ``log`` returns), hands the line to a
+    background writer thread and returns: a few microseconds, no system call.
+    The writer appends the queued lines in order with ``os.write`` on an ``O_APPEND``
+    descriptor, whole lines only.
+
+    *Acknowledged* means: in the file (the kernel's page cache, which survives the
+    process being killed with SIGKILL; :meth:`close` and :meth:`sync` fsync for power
+    loss). :meth:`flush` waits until every record logged so far is acknowledged and
+    returns the last acknowledged ``seq``; :attr:`acknowledged_seq` says it without
+    waiting; :meth:`rollback` and :meth:`close` flush. A process killed after
+    ``flush()`` returned keeps every record up to that ``seq``; records logged after it
+    are kept as an in-order prefix (the writer never skips one).
+    """
+
+    # The writer re-checks for pending lines at least this often even if no wake-up came.
+    _IDLE_WAIT_S = 0.05
+    # Pause between writes while log() calls keep coming (bounds the writer's GIL takeovers).
+    _COALESCE_S = 0.02
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
@@ -149,44 +191,193 @@ class RecordWriter:
         scan = scan_records(self.path)
         self._seq = max((r.get("seq", -1) for r in scan.records), default=-1) + 1
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        # A torn tail (writer killed mid-line by a power loss) stays in the file as an
-        # invalid line of its own: end it so the next record starts on a fresh line.
-        if scan.size and not self.path.read_bytes().endswith(b"\n"):
-            os.write(self._fd, b"\n")
+        # A torn tail: a write cut short by a kill (SIGKILL can stop a multi-page write()
+        # between pages). Its writer never returned, so nothing in it was acknowledged: cut
+        # it off, and the file is whole lines again (a --strict reader would fail on it forever).
+        if scan.size:
+            data = self.path.read_bytes()
+            if not data.endswith(b"\n"):
+                os.ftruncate(self._fd, data.rfind(b"\n") + 1)
+        self._keys: dict[str, str] = {}  # metric name -> its JSON key prefix, '"name":'
+        # Lines not yet handed to the OS. The lock is held only to append one line or to swap
+        # the list for an empty one, so the writer thread holds the GIL for microseconds.
+        self._pending: list[bytes] = []
+        self._lock = threading.Lock()
+        self._queued = 0  # lines handed to the writer (written by log()'s thread only)
+        self._written = 0  # lines in the file (written by the writer thread only)
+        self._first_seq = self._seq
+        self._error: BaseException | None = None
+        self._closing = False
+        self._idle = False
+        self._wake = threading.Event()
+        self._done = threading.Condition()
+        self._thread = threading.Thread(target=self._drain_forever, name="expflow-records", daemon=True)
+        self._thread.start()
+        # A daemon thread dies with the interpreter: flush what is queued at a normal exit.
+        _open_writers.add(self)
 
     @property
     def next_seq(self) -> int:
         return self._seq
 
-    def _append(self, record: dict[str, Any]) -> dict[str, Any]:
-        record = {"seq": self._seq, **record}
-        os.write(self._fd, encode_record(record))
-        self._seq += 1
-        return record
+    @property
+    def acknowledged_seq(self) -> int:
+        """The ``seq`` of the last record in the file (-1: none written by this writer yet)."""
+        return self._first_seq + self._written - 1 if self._written else self._first_seq - 1
 
-    def log(self, values: dict[str, Any], step: int, epoch: int | None = None) -> dict[str, Any]:
-        # NaN and inf are kept: a diverging loss is a fact worth recording.
-        clean = {str(k): _as_float(str(k), v) for k, v in values.items()}
-        return self._append(
-            {"kind": "metrics", "step": int(step), "epoch": epoch, "time": time.time(), "values": clean}
-        )
+    # -- the hot path ------------------------------------------------------------------
+    def log(self, values: dict[str, Any], step: int, epoch: int | None = None) -> int:
+        """Queue one metrics record; returns its ``seq``. Not yet acknowledged: see :meth:`flush`."""
+        if self._error is not None:
+            self._raise_writer_error()
+        keys = self._keys
+        parts = []
+        for name, value in values.items():
+            key = keys.get(name)  # type: ignore[call-overload]
+            if key is None:
+                key = self._key(name)
+            # NaN and inf are kept: a diverging loss is a fact worth recording.
+            if type(value) is not float:
+                value = _as_float(str(name), value)
+            parts.append(key + (repr(value) if value - value == 0 else _float_json(value)))
+        seq = self._seq
+        epoch_json = "null" if epoch is None else int(epoch)
+        payload = (
+            f'{{"seq":{seq},"kind":"metrics","step":{int(step)},"epoch":{epoch_json},'
+            f'"time":{time.time()!r},"values":{{{",".join(parts)}}}}}'
+        ).encode()
+        line = b"%08x %s\n" % (zlib.crc32(payload), payload)
+        with self._lock:
+            self._pending.append(line)
+        self._seq = seq + 1
+        self._queued += 1
+        if self._idle:
+            self._wake.set()
+        return seq
 
-    def rollback(self, to_step: int) -> dict[str, Any]:
-        return self._append({"kind": "rollback", "to_step": int(to_step), "time": time.time()})
+    def _key(self, name: Any) -> str:
+        key = self._keys[name] = json.dumps(str(name)) + ":"
+        return key
+
+    # -- everything else -----------------------------------------------------------------
+    def _append(self, record: dict[str, Any]) -> int:
+        """Queue a record built as a dict (rare kinds); returns its ``seq``."""
+        if self._error is not None:
+            self._raise_writer_error()
+        seq = self._seq
+        line = encode_record({"seq": seq, **record})
+        with self._lock:
+            self._pending.append(line)
+        self._seq = seq + 1
+        self._queued += 1
+        self._wake.set()
+        return seq
+
+    def rollback(self, to_step: int) -> int:
+        """Append a rollback record and wait until it is acknowledged."""
+        seq = self._append({"kind": "rollback", "to_step": int(to_step), "time": time.time()})
+        self.flush()
+        return seq
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Wait until every record logged so far is in the file; returns the last ``seq`` there.
+
+        Raises the writer's OSError if it failed, TimeoutError after ``timeout`` seconds.
+        """
+        target = self._queued
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._done:
+            while self._written < target and self._error is None:
+                self._wake.set()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"{self.path}: {target - self._written} record(s) not written after {timeout}s")
+                self._done.wait(0.1 if remaining is None else min(remaining, 0.1))
+        if self._error is not None:
+            self._raise_writer_error()
+        return self.acknowledged_seq
 
     def sync(self) -> None:
+        """Flush, then fsync: acknowledged records survive a power loss too."""
+        self.flush()
         os.fsync(self._fd)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            try:
+        if self._fd < 0:
+            return
+        _open_writers.discard(self)
+        failed = None
+        try:
+            if self._thread.is_alive():
+                self._closing = True
+                self._wake.set()
+                self._thread.join()
+            failed = self._error
+            if failed is None:
                 os.fsync(self._fd)
-            finally:
-                os.close(self._fd)
-                self._fd = -1
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+            self._error = _Closed(f"{self.path}: the record writer is closed")
+        if failed is not None:
+            raise OSError(f"{self.path}: the record writer failed: {failed}") from failed
+
+    def _raise_writer_error(self) -> None:
+        if isinstance(self._error, _Closed):
+            raise ValueError(str(self._error))
+        raise OSError(f"{self.path}: the record writer failed: {self._error}") from self._error
+
+    # -- the writer thread -----------------------------------------------------------------
+    def _drain_forever(self) -> None:
+        wake, lock = self._wake, self._lock
+        try:
+            while True:
+                if not self._pending:
+                    if self._closing:
+                        return
+                    self._idle = True
+                    if not self._pending and not self._closing:  # log() may have queued before seeing _idle
+                        wake.wait(self._IDLE_WAIT_S)
+                    wake.clear()
+                    self._idle = False
+                    continue
+                with lock:
+                    lines, self._pending = self._pending, []
+                data = b"".join(lines)
+                while data:  # a short write (e.g. a full disk that recovers) continues where it stopped
+                    data = data[os.write(self._fd, data):]
+                with self._done:
+                    self._written += len(lines)
+                    self._done.notify_all()
+                # Under a burst of log() calls, let lines gather for a moment: each time this
+                # thread takes the GIL back, the logging thread may wait for it. flush() and
+                # close() cut the pause short.
+                if self._pending and not self._closing:
+                    wake.clear()
+                    wake.wait(self._COALESCE_S)
+        except BaseException as e:  # noqa: BLE001 - reported to the logging thread
+            with self._done:
+                self._error = e
+                self._done.notify_all()
 
     def __enter__(self) -> RecordWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Closed(Exception):
+    """Set as a closed writer's error: logging to it raises instead of losing the record."""
+
+
+_open_writers: weakref.WeakSet[RecordWriter] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_open_writers() -> None:
+    for writer in list(_open_writers):
+        try:
+            writer.close()
+        except Exception:
+            pass

@@ -1,0 +1,219 @@
+"""Everything expflow uses of swanlab's internals (pinned: swanlab==0.10.3), in one module:
+reading and writing SwanLab's offline run files, and replaying one through swanlab's own
+sync machinery (login, project, experiment, profile, columns, metrics, state).
+
+The run file is SwanLab's ``.swanlab`` log: a header, LevelDB-framed chunks with CRCs,
+protobuf ``Record`` payloads (start, save, column, scalar, finish, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from expflow.errors import SyncDeferred, SyncError
+
+START_FIELDS = ("project", "workspace", "name", "description", "group", "job_type", "id")
+
+
+@dataclass
+class OfflineRun:
+    """One SwanLab run directory (``run-<time>-<id>/``) as far as expflow needs it."""
+
+    dir: Path
+    start: dict[str, Any]  # project, workspace, name, description, tags, group, job_type, id
+    files: dict[str, Path] = field(default_factory=dict)  # config / metadata / requirements
+
+
+def read_offline_runs(log_dir: str | Path) -> list[OfflineRun]:
+    """The readable SwanLab runs under ``log_dir``, oldest first (unreadable ones are left out)."""
+    from swanlab.proto.swanlab.record.v1.record_pb2 import Record
+    from swanlab.sdk.internal.core_python.store import DataStoreReader
+
+    runs = []
+    for run_file in sorted(Path(log_dir).glob("run-*/run-*.swanlab")):
+        reader = DataStoreReader()
+        try:
+            reader.open(run_file)
+            first = reader.scan()
+        except Exception:  # header of another version, corrupt first chunk: not a run we can use
+            continue
+        finally:
+            with contextlib.suppress(Exception):
+                reader.close()
+        record = Record()
+        try:
+            record.ParseFromString(first or b"")
+        except Exception:
+            continue
+        if not record.HasField("start"):
+            continue
+        start = {f: getattr(record.start, f) for f in START_FIELDS if getattr(record.start, f)}
+        start["tags"] = list(record.start.tags)
+        files_dir = run_file.parent / "files"
+        files = {name: files_dir / fname for name, fname in (
+            ("config", "config.yaml"), ("metadata", "swanlab-metadata.json"), ("requirements", "requirements.txt"))
+            if (files_dir / fname).is_file()}
+        runs.append(OfflineRun(run_file.parent, start, files))
+    return runs
+
+
+def swanlab_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A config in SwanLab's own ``files/config.yaml`` layout: ``{key: {desc, sort, value}}``."""
+    return {k: {"desc": "", "sort": i, "value": v} for i, (k, v) in enumerate(config.items())}
+
+
+def write_run(run_dir: Path, start: dict[str, Any], saves: dict[str, Path],
+              scalars: Iterable[tuple[str, int, float, float]], finish: str | None) -> Path:
+    """Write a SwanLab run file holding ``start``, ``saves`` (config / metadata /
+    requirements files), one scalar per (key, step, value, time), and a finish record
+    (``FINISHED`` / ``CRASHED``) if ``finish``; returns its path."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+    from swanlab.proto.swanlab.metric.column.v1.column_pb2 import ColumnType
+    from swanlab.proto.swanlab.metric.data.v1.data_pb2 import ScalarRecord, ScalarValue
+    from swanlab.proto.swanlab.record.v1.record_pb2 import Record
+    from swanlab.proto.swanlab.run.v1.run_pb2 import FinishRecord, RunState, StartRecord
+    from swanlab.proto.swanlab.save.v1.save_pb2 import SaveRecord, SaveType
+    from swanlab.sdk.internal.core_python.store import DataStoreWriter
+
+    def stamp(t: float) -> Timestamp:
+        ts = Timestamp()
+        ts.FromNanoseconds(int(t * 1e9))
+        return ts
+
+    import time
+
+    now = time.time()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / f"run-{start['id']}.swanlab"
+    writer = DataStoreWriter()
+    writer.open(path)
+    try:
+        fields = {k: v for k, v in start.items() if k in START_FIELDS and v}
+        writer.write(Record(num=-1, timestamp=stamp(now), start=StartRecord(
+            **fields, tags=list(start.get("tags") or ()), started_at=stamp(now))).SerializeToString())
+        save_types = {"config": SaveType.SAVE_TYPE_CONFIG, "metadata": SaveType.SAVE_TYPE_METADATA,
+                      "requirements": SaveType.SAVE_TYPE_REQUIREMENTS}
+        for i, (name, source) in enumerate(saves.items()):
+            save = SaveRecord(name=name, source_path=str(source.resolve()), type=save_types[name])
+            writer.write(Record(num=-3 - i, timestamp=stamp(now), save=save).SerializeToString())
+        num = 0
+        for key, step, value, t in scalars:
+            num += 1
+            scalar = ScalarRecord(key=key, step=int(step), type=ColumnType.COLUMN_TYPE_SCALAR,
+                                  timestamp=stamp(t), value=ScalarValue(number=float(value)))
+            writer.write(Record(num=num, timestamp=stamp(t), scalar=scalar).SerializeToString())
+        if finish:
+            state = RunState.RUN_STATE_FINISHED if finish == "FINISHED" else RunState.RUN_STATE_CRASHED
+            record = Record(num=-2, timestamp=stamp(now), finish=FinishRecord(state=state, finished_at=stamp(now)))
+            writer.write(record.SerializeToString())
+    finally:
+        writer.close()
+    return path
+
+
+def stored_api_key(api_host: str) -> str | None:
+    """The key of a `swanlab login` for ``api_host`` (swanlab's own .netrc), if any."""
+    try:
+        from swanlab.sdk.internal.settings import Settings
+
+        settings = Settings.model_validate({"api_host": api_host})
+    except Exception:
+        return None
+    return settings.api_key
+
+
+@contextlib.contextmanager
+def _swanlab_output() -> Iterator[io.StringIO]:
+    """Keep swanlab's console chatter (banners, progress) out of expflow's one-line output."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        yield buffer
+
+
+@contextlib.contextmanager
+def _terminal_failures() -> Iterator[list[str]]:
+    """Collect upload failures swanlab gives up on (a 4xx answer: the records are dropped,
+    yet the sync reports success); retried failures are not counted."""
+    from swanlab.sdk.internal.core_python.transport.dispatch import Dispatch
+
+    failures: list[str] = []
+    original = Dispatch.__call__
+
+    def dispatch(self: Any, records: Any) -> Any:
+        result = original(self, records)
+        retried = {id(r) for r in result.remaining_records}
+        for failure in result.failures:
+            if any(id(r) not in retried for r in failure.records):
+                failures.append(f"{len(failure.records)} record(s): {failure.message}")
+        return result
+
+    Dispatch.__call__ = dispatch  # type: ignore[method-assign]
+    try:
+        yield failures
+    finally:
+        Dispatch.__call__ = original  # type: ignore[method-assign]
+
+
+def upload_run(run_dir: Path, *, api_key: str, api_host: str, web_host: str | None, workspace: str | None,
+               project: str, experiment_id: str, must_exist: bool, replay: bool, timeout: float) -> str:
+    """Replay ``run_dir`` into experiment ``experiment_id`` (created unless ``must_exist``)
+    with swanlab's sync; ``replay`` lets it overwrite steps the experiment already holds.
+    Returns the experiment's web URL. Raises SyncError, or SyncDeferred when the upload
+    could not finish (the next sync resends; SwanLab skips what it already holds)."""
+    from swanlab.exceptions import ApiError, AuthenticationError
+    from swanlab.proto.swanlab.grpc.core.v1.sync_pb2 import DeliverSyncStartRequest, SyncRange
+    from swanlab.sdk.cmd.login import login_raw
+    from swanlab.sdk.internal import impl
+    from swanlab.sdk.internal.core_python import client
+    from swanlab.sdk.internal.settings import Settings
+
+    hosts = {"api_host": api_host, **({"web_host": web_host} if web_host else {})}
+    settings = Settings.model_validate({
+        "api_key": api_key, **hosts, "project": {k: v for k, v in (("workspace", workspace), ("name", project)) if v},
+        "run": {"id": experiment_id},
+    })
+    with _swanlab_output() as output, _terminal_failures() as failures:
+        if client.exists():
+            client.reset()
+        try:
+            login_raw(api_key=api_key, host=settings.api_host, print_welcome=False, animation=False)
+        except AuthenticationError:
+            raise SyncError(f"SwanLab at {api_host} rejected the API key (or did not answer the login)") from None
+        if must_exist:
+            owner = workspace or client.username()
+            try:
+                client.get(f"/project/{owner}/{project}/runs/{experiment_id}", log_error=False)
+            except ApiError as e:
+                if e.response.status_code == 404:
+                    raise SyncError(f"--id {experiment_id}: no such experiment in {owner}/{project}") from None
+                raise
+        core = impl.create_core_sync()
+        request = DeliverSyncStartRequest(
+            core_settings=settings.to_core_proto(experiment_id, run_dir), workspace=workspace, project=project,
+            id=experiment_id, range=SyncRange(start_step=0) if replay else None)
+        started = core.deliver_sync_start(request)
+        if not started.success:
+            raise SyncError(f"swanlab sync could not read the staged run: {started.message}")
+        flushed = core.deliver_sync_flush()
+        if not flushed.success:
+            raise SyncDeferred(f"SwanLab at {api_host} did not accept the experiment ({flushed.message})")
+        done: list[Any] = []
+        thread = threading.Thread(target=lambda: done.append(core.confirm_sync_finish()), daemon=True,
+                                  name="expflow-swanlab-sync")
+        thread.start()
+        thread.join(timeout)
+        if not done:
+            raise SyncDeferred(f"the upload to {api_host} did not finish in {timeout:.0f}s")
+        if not done[0].success:
+            raise SyncDeferred(f"the upload to {api_host} did not finish ({done[0].message})")
+        if failures:
+            raise SyncError(f"SwanLab at {api_host} refused {failures[0]}" +
+                            (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""))
+    del output
+    return f"{settings.web_host}{flushed.path}" if flushed.path else settings.web_host
