@@ -55,8 +55,15 @@ def main() -> None:
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scheduler", default=None, help="Snakemake's --scheduler (ilp, greedy); default: Snakemake's")
+    ap.add_argument("--scheduler", nargs="+", default=["ilp", "greedy"],
+                    help="Snakemake schedulers to measure (ilp is Snakemake's default)")
     args = ap.parse_args()
+    for scheduler in args.scheduler:
+        print(f"--- snakemake --cores 8 --resources gpu={DEVICES} --scheduler {scheduler}")
+        measure(scheduler)
+
+
+def measure(scheduler: str) -> None:
     with tempfile.TemporaryDirectory(prefix="expflow-pack-") as tmp:
         proj = Path(tmp) / "proj"
         for name in ("src", "conf", "workflows"):
@@ -74,9 +81,8 @@ def main() -> None:
                    EXPFLOW_LEASE_DIR=str(Path(tmp) / "leases"))
         env.pop("CUDA_VISIBLE_DEVICES", None)
         t0 = time.time()
-        cmd = [sys.executable, "-m", "snakemake", "--cores", "8", "--resources", f"gpu={DEVICES}"]
-        if args.scheduler:
-            cmd += ["--scheduler", args.scheduler]
+        cmd = [sys.executable, "-m", "snakemake", "--cores", "8", "--resources", f"gpu={DEVICES}",
+               "--scheduler", scheduler]
         proc = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True)
         wall = time.time() - t0
         if proc.returncode != 0:
