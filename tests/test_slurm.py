@@ -3,6 +3,7 @@ snakemake-executor-plugin-slurm. CI starts the cluster in .ci/run; these tests n
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -137,5 +138,9 @@ def test_failure_is_reported_and_a_retry_continues(slurm, tmp_path):
     jobs = failed.manifest()["scheduler_jobs"]
     assert len(jobs) == 2 and len({j["job_id"] for j in jobs}) == 2  # one attempt per Slurm job
     assert all(sacct_state(j["job_id"]) == "FAILED" for j in jobs)
+    board = run_cli("status", "--runs", str(proj / "runs"), "--json")
+    assert board.returncode == 0, board.stderr
+    statuses = {row["run_id"]: row["status"] for row in json.loads(board.stdout)}
+    assert statuses == {failed.path.name: "CRASHED", retried.path.name: "COMPLETED"}
     shown = run_cli("show", str(failed.path))
     assert "CRASHED" in shown.stdout and "ValueError" in shown.stdout and "learning rate" in shown.stdout

@@ -152,3 +152,34 @@ def test_crash_in_training_code_marks_crashed_and_show_prints_it(tmp_path):
     assert shown.returncode == 0
     assert "CRASHED" in shown.stdout and "ValueError" in shown.stdout
     assert "Traceback" in pkg.log_path(0, "err").read_text()
+
+
+def test_progress_bar_on_a_terminal_plain_lines_in_the_log(tmp_path):
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    runs = tmp_path / "runs"
+    master, slave = pty.openpty()
+    cmd = [sys.executable, "-m", "expflow.train",
+           *small_overrides(runs, "trainer.progress=auto", "trainer.max_epochs=2", "run_id=tty")]
+    env = dict(os.environ, TERM="xterm-256color", COLUMNS="100")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdin=slave, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(timeout=120) == 0, out.decode(errors="replace")[-2000:]
+    terminal = out.decode(errors="replace")
+    assert "━" in terminal  # rich's bar, drawn on the terminal
+    log = (runs / "tty" / "logs" / "rank0.out").read_text()
+    assert "epoch 1/2" in log and "epoch 2/2" in log
+    assert "━" not in log and "\x1b[" not in log  # the log holds plain lines only
