@@ -1,19 +1,29 @@
 #!/usr/bin/env bash
-# Stop the test cluster started by scripts/slurm/up.sh (daemons by their pid files).
+# Stop what scripts/slurm/up.sh started (it lists the daemons in $STATE/started), by pid file.
+# Daemons that were already running when up.sh ran are left alone.
 set -uo pipefail
 STATE=${EXPFLOW_SLURM_DIR:-/tmp/expflow-slurm}
-stop() {  # stop PIDFILE NAME
+STARTED="$STATE/started"
+[ -f "$STARTED" ] || { echo "[slurm-down] nothing started by up.sh"; exit 0; }
+pidfile() {
+  case $1 in
+    slurmd | slurmctld | slurmdbd) echo "$STATE/run/$1.pid" ;;
+    mariadbd) echo /run/mysqld/mysqld.pid ;;
+    munged) echo /run/munge/munged.pid ;;
+  esac
+}
+stop() {
   local pid
-  pid=$(cat "$1" 2>/dev/null) || pid=$(pgrep -x "$2" | head -1)
+  pid=$(cat "$(pidfile "$1")" 2>/dev/null) || return 0
   [ -n "$pid" ] || return 0
-  kill "$pid" 2>/dev/null
+  kill "$pid" 2>/dev/null || return 0
   for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
   kill -9 "$pid" 2>/dev/null
 }
-scancel --user=root >/dev/null 2>&1
-stop "$STATE/run/slurmd.pid" slurmd
-stop "$STATE/run/slurmctld.pid" slurmctld
-stop "$STATE/run/slurmdbd.pid" slurmdbd
-stop /run/mysqld/mysqld.pid mariadbd
-stop /run/munge/munged.pid munged
-echo "[slurm-down] stopped"
+# Jobs of the test cluster go first, when we own its controller.
+grep -qx slurmctld "$STARTED" && scancel --user=root >/dev/null 2>&1
+for daemon in slurmd slurmctld slurmdbd mariadbd munged; do
+  grep -qx "$daemon" "$STARTED" && stop "$daemon"
+done
+rm -f "$STARTED"
+echo "[slurm-down] stopped: the daemons up.sh had started"

@@ -29,6 +29,11 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmdbd >/dev/null || ! co
 fi
 
 mkdir -p "$STATE"/{spool/ctld,spool/d,log,run,gpus} /etc/slurm /run/munge /run/mysqld
+# Daemons this script starts are listed here; down.sh stops those and nothing else
+# (a MariaDB or munge that was already running is used, never stopped).
+STARTED="$STATE/started"
+touch "$STARTED"
+started() { grep -qx "$1" "$STARTED" || echo "$1" >>"$STARTED"; }
 chown munge:munge /run/munge
 chown mysql:mysql /run/mysqld
 for i in $(seq 0 $((GPUS - 1))); do
@@ -39,6 +44,7 @@ done
 if ! pgrep -x munged >/dev/null; then
   [ -s /etc/munge/munge.key ] || { dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null; chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key; }
   runuser -u munge -- /usr/sbin/munged
+  started munged
 fi
 wait_for 10 munge munge -n
 
@@ -86,6 +92,7 @@ if ! pgrep -x mariadbd >/dev/null; then
   [ -d /var/lib/mysql/mysql ] || mariadb-install-db --user=mysql >/dev/null
   # Output redirected: mariadbd exits silently given log paths the mysql user cannot write.
   nohup mariadbd --user=mysql --skip-networking >"$STATE/log/mariadb.log" 2>&1 &
+  started mariadbd
 fi
 wait_for 60 MariaDB mysqladmin ping
 mysql -e "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurm';
@@ -104,15 +111,15 @@ LogFile=$STATE/log/slurmdbd.log
 PidFile=$STATE/run/slurmdbd.pid
 CONF
 chmod 600 /etc/slurm/slurmdbd.conf
-pgrep -x slurmdbd >/dev/null || slurmdbd
+pgrep -x slurmdbd >/dev/null || { slurmdbd; started slurmdbd; }
 wait_for 60 slurmdbd sacctmgr -n list cluster
 
 sacctmgr -i -Q add cluster "$CLUSTER" >/dev/null 2>&1 || true
 sacctmgr -i -Q add account "$ACCOUNT" Cluster="$CLUSTER" Description=expflow Organization=expflow >/dev/null 2>&1 || true
 sacctmgr -i -Q add user root Account="$ACCOUNT" Cluster="$CLUSTER" >/dev/null 2>&1 || true
 
-pgrep -x slurmctld >/dev/null || slurmctld
+pgrep -x slurmctld >/dev/null || { slurmctld; started slurmctld; }
 wait_for 30 slurmctld scontrol ping
-pgrep -x slurmd >/dev/null || slurmd -N localhost
+pgrep -x slurmd >/dev/null || { slurmd -N localhost; started slurmd; }
 wait_for 60 "an idle node" bash -c '[ "$(sinfo -h -o %T | head -1)" = idle ]'
 log "up: partition debug, account $ACCOUNT, $GPUS GPUs, $CPUS CPUs (state in $STATE)"
