@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from rich.console import Console
 
@@ -96,8 +97,16 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     return run_command(args)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming what is wrong (and where help is),
+    not a usage block; subcommand parsers inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="expflow", description="Declarative ML experiments: save-packages, workflows, GPU leases.")
+    parser = OneLineParser(prog="expflow", description="Declarative ML experiments: save-packages, workflows, GPU leases.")
     parser.add_argument("--version", action="version", version=f"expflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

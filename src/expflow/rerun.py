@@ -115,7 +115,9 @@ def print_comparison(original: str, new: SavePackage, result: Comparison, consol
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m expflow.rerun", description=__doc__)
+    from expflow.cli import OneLineParser
+
+    parser = OneLineParser(prog="python -m expflow.rerun", description=__doc__)
     add_arguments(parser)
     return run_command(parser.parse_args(argv))
 

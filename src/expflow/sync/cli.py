@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         options["artifacts"] = args.artifacts
     results = sync_packages(args.packages, args.target, experiment=experiment, strict=args.strict,
-                            report=lambda r: print(r.line(), flush=True), **options)
+                            report=report_result, **options)
     counts = {o: sum(r.outcome == o for r in results) for o in ("synced", "up to date", "deferred", "failed")}
     print("sync: " + ", ".join(f"{n} {o}" for o, n in counts.items() if n), flush=True)
     if counts["failed"]:
@@ -55,6 +56,11 @@ def run(args: argparse.Namespace) -> int:
     if args.done:
         write_marker(args.done, results, deferred=bool(counts["deferred"]))
     return 0
+
+
+def report_result(result: Any) -> None:
+    """One line per package: on stdout, or stderr for a package that failed."""
+    print(result.line(), file=sys.stderr if result.outcome == "failed" else sys.stdout, flush=True)
 
 
 def write_marker(path: str, results: list[Any], *, deferred: bool) -> None:
