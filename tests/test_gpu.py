@@ -142,3 +142,79 @@ def test_lease_of_a_killed_process_is_reclaimed(sim, tmp_path):
     assert lease.devices == [0] and time.monotonic() - t0 < 5
     assert [le.pid for le in table.active()] == [os.getpid()]
     assert Path(table.path).exists()
+
+
+class FakeNVML:
+    """Stands in for nvidia-ml-py's pynvml (no GPU on CI): two devices, one whose name
+    query fails, as on a driver that lacks a field."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, fail_init: bool = False):
+        self.fail_init = fail_init
+        self.shutdowns = 0
+
+    def nvmlInit(self):
+        if self.fail_init:
+            raise self.NVMLError("Driver Not Loaded")
+
+    def nvmlShutdown(self):
+        self.shutdowns += 1
+
+    def nvmlDeviceGetCount(self):
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(total=(80 << 30) if h == 0 else (40 << 30), free=(70 << 30) if h == 0 else (10 << 30))
+
+    def nvmlDeviceGetName(self, h):
+        if h == 1:
+            raise self.NVMLError("Not Supported")
+        return b"NVIDIA H100"
+
+    def nvmlDeviceGetUUID(self, h):
+        return f"GPU-{h}-uuid"
+
+
+def test_nvml_discovery_survives_a_failing_field(monkeypatch, tmp_path):
+    fake = FakeNVML()
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.delenv("EXPFLOW_SIMULATED_GPUS", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("EXPFLOW_GRANTED_DEVICES", raising=False)
+    monkeypatch.setenv("EXPFLOW_LEASE_DIR", str(tmp_path))
+    devices = discover()
+    assert [(d.index, d.name, d.uuid, d.total_mb, d.free_mb) for d in devices] == [
+        (0, "NVIDIA H100", "GPU-0-uuid", 81920, 71680),
+        (1, "GPU", "GPU-1-uuid", 40960, 10240),  # the failing name query lost only the name
+    ]
+    assert fake.shutdowns == 1
+    # The lease path uses NVML's free memory: 20 GiB fits device 0 only.
+    lease = lease_gpus(1, 20000, 1, table=LeaseTable(), wait=False)
+    assert lease.devices == [0]
+    lease.release()
+    # A scheduler's grant by UUID is respected, and the job sees its device by UUID too.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-1-uuid")
+    assert [d.index for d in discover()] == [1]
+    with place_job(1, 0, 1, allow_cpu=False) as placement:
+        assert placement.gpus == [1] and placement.env["CUDA_VISIBLE_DEVICES"] == "GPU-1-uuid"
+
+
+def test_nvml_without_a_driver_means_no_gpu(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNVML(fail_init=True))
+    monkeypatch.delenv("EXPFLOW_SIMULATED_GPUS", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("EXPFLOW_GRANTED_DEVICES", raising=False)
+    monkeypatch.setenv("EXPFLOW_LEASE_DIR", str(tmp_path))
+    assert discover() == []
+    with place_job(1, 0, 1, allow_cpu=True) as placement:
+        assert placement.lease is None and placement.env["CUDA_VISIBLE_DEVICES"] == ""
+    with pytest.raises(LeaseError, match="gpu.allow_cpu"):
+        with place_job(1, 0, 1, allow_cpu=False):
+            pass

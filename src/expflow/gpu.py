@@ -324,8 +324,13 @@ def place_job(count: int, mem_mb: int, max_jobs_per_gpu: int, allow_cpu: bool, *
         yield Placement(None, {**base, VISIBLE_ENV: ""})
         return
     lease = lease_gpus(count, mem_mb, max_jobs_per_gpu, owner=owner, wait=wait, table=table, on_wait=on_wait)
+    visible = lease.cuda_visible_devices
+    if granted and any(g.strip().startswith(("GPU-", "MIG-")) for g in granted.split(",")):
+        # The scheduler names devices by UUID: so must the job (indices may not match its view).
+        uuids = {d.index: d.uuid for d in discover()}
+        visible = ",".join(uuids[i] for i in lease.devices)
     try:
-        yield Placement(lease, {**base, VISIBLE_ENV: lease.cuda_visible_devices})
+        yield Placement(lease, {**base, VISIBLE_ENV: visible})
     finally:
         lease.release()
 
