@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -208,13 +207,16 @@ def test_analysis_waits_for_its_own_gpu_lease(trained, tmp_path):
         analysis = subprocess.Popen([sys.executable, "-m", "expflow.cli", "analyze", str(pkg.path), "learning_curves",
                                      "--gpus", "1"], cwd=proj, env=gpu_env, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
-        time.sleep(3)
-        assert analysis.poll() is None  # the only device is taken: it waits
+        first = ""
+        while "waiting for a GPU lease" not in first:  # the only device is taken: it waits
+            line = analysis.stderr.readline()  # blocks until it says something, or exits
+            assert line, first
+            first += line
+        assert analysis.poll() is None
         holder.kill()
         holder.wait()
         out, err = analysis.communicate(timeout=120)
-        assert analysis.returncode == 0, err
-        assert "waiting for a GPU lease" in err
+        assert analysis.returncode == 0, first + err
     finally:
         for p in (holder, analysis):
             if p is not None and p.poll() is None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -114,17 +116,40 @@ def test_status_cli_table_json_filter_and_errors(tmp_path):
 
 
 def test_status_watch_refreshes_until_interrupted(tmp_path):
+    """On a terminal the board redraws itself: a package that appears is shown by a later
+    refresh (waited for, not timed), and Ctrl-C ends it cleanly."""
     runs = tmp_path / "runs"
     fake_package(runs, "w1", points=curve(0.7))
+    master, slave = pty.openpty()
+    env = dict(os.environ, TERM="xterm-256color", COLUMNS="120", LINES="40")
     proc = subprocess.Popen([sys.executable, "-m", "expflow.cli", "status", "--runs", str(runs), "--watch",
-                             "--interval", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)
-    fake_package(runs, "w2", points=curve(0.2))  # appears in a later refresh
-    time.sleep(1.5)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    assert "w1" in out and "w2" in out and "every 0.2s" in out
+                             "--interval", "0.2"], stdin=slave, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    screen = bytearray()
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                return
+            if not chunk:
+                return
+            screen.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: b"w1" in screen, 120, "the first refresh")
+        fake_package(runs, "w2", points=curve(0.2))  # appears in a later refresh
+        wait_for(lambda: b"w2" in screen, 120, "a refresh showing the new package")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+        reader.join(timeout=60)
+        os.close(master)
+    assert code == 0, screen.decode(errors="replace")[-2000:]
+    assert b"every 0.2s" in screen
 
 
 def test_show_renders_history_analyses_and_a_killed_run(tmp_path):

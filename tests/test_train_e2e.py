@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -42,11 +41,8 @@ def metric_values(pkg: SavePackage) -> list[tuple[int, str, float]]:
 def test_one_epoch_run_yields_a_complete_package_and_reruns_bit_identically(tmp_path):
     proj = make_project(tmp_path)
     env = {"PYTHONPATH": str(proj / "src")}
-    t0 = time.monotonic()
     proc = run_cli("+freq=smoke", "trainer.threads=1", cwd=proj, env=env, module="expflow.train")
-    elapsed = time.monotonic() - t0
     assert proc.returncode == 0, proc.stderr
-    assert elapsed < 60
     pkg = only_package(proj / "runs")
     for f in PACKAGE_FILES:
         assert (pkg.path / f).exists(), f
