@@ -4,7 +4,14 @@
 #   snakemake --cores 2 --config sweep="optim.lr=1e-3,3e-3 seed=range(3)"
 from snakemake.utils import min_version
 
+from expflow.workflow import check_config_file, config_errors_exit
+
 min_version("8.0")
+
+# A missing or malformed workflow config is one line, not Snakemake's error and traceback
+# (config errors while planning, in common.smk, likewise).
+with config_errors_exit():
+    check_config_file("conf/workflow.yaml", optional=bool(workflow.overwrite_configfiles))
 
 
 configfile: "conf/workflow.yaml"

@@ -144,9 +144,11 @@ def test_expflow_runs_directory_is_one_series_per_package(tmp_path):
     with pytest.raises(SourceError, match="no package for run"):
         ExpflowSource(SourceSpec(kind="expflow", path=str(tmp_path / "runs"), runs=["zzz"])).instances()
     records = tmp_path / "runs" / "aaa" / "metrics" / "records.log"
-    records.write_bytes(records.read_bytes()[:-5])  # a torn record
-    with pytest.raises(SourceError, match="records.log"):
-        instances[0][1].read()
+    records.write_bytes(records.read_bytes()[:-5])  # a torn record: skipped, the rest read
+    raw = instances[0][1].read()
+    assert values(raw, "train/loss") == {1: 2.0}
+    assert raw.damage.startswith(f"{records}: 1 bad record line (first: line 2 (byte ")
+    assert "torn record" in raw.damage and instances[1][1].read().damage is None
 
 
 # -- cloud sources, up to the network call -------------------------------------------

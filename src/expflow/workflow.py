@@ -19,7 +19,8 @@ import hashlib
 import json
 import os
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from expflow.config import compose_config, conf_dir, expand_sweep, sweeper_params, validate_config
-from expflow.errors import ConfigError
+from expflow.errors import ConfigError, ExpflowError
 
 ID_EXCLUDED_KEYS = ("run_id", "paths", "hydra")
 
@@ -232,3 +233,84 @@ def plan_workflow(config: dict[str, Any]) -> dict[str, RunSpec]:
     if not settings["sweep"]:
         settings["sweep"] = [""]  # the default config alone
     return Planner(Path(settings["config_dir"])).plan(settings["sweep"], settings["common"])
+
+
+# -- the workflow config, checked at Snakefile parse time -----------------------------
+@contextmanager
+def config_errors_exit() -> Iterator[None]:
+    """An expflow error inside the block is one line on stderr and exit status 1.
+
+    Snakemake prints any exception raised while it parses the Snakefile with the
+    traceback of every frame outside Snakemake. A SystemExit passes through it: the
+    interpreter prints its message on stderr and exits 1, after Snakemake's API context
+    has stopped its logging thread (so the line never lands inside a log line)."""
+    try:
+        yield
+    except ExpflowError as e:
+        raise SystemExit(f"expflow: error: {e.one_line()}") from None
+
+
+def check_config_file(path: str | os.PathLike[str], optional: bool = False) -> None:
+    """ConfigError unless ``path`` is a YAML mapping (what Snakemake's ``configfile:`` loads).
+
+    ``optional``: a missing file is fine (``--configfile`` on the command line replaces it)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        if optional:
+            return
+        raise ConfigError(f"no workflow config at {path} (in {Path.cwd()}): run from the project root, or pass --configfile")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: not valid YAML: {problem}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the workflow config must be a mapping of keys (sweep:, common:, ...), not {type(data).__name__}")
+
+
+def validate_workflow_config(config: dict[str, Any], schema_path: str | os.PathLike[str]) -> None:
+    """Validate the workflow config against its JSON schema, filling the schema's defaults
+    in place (like ``snakemake.utils.validate``); the first error is one ConfigError line."""
+    import yaml
+    from jsonschema import Draft202012Validator, validators
+    from jsonschema.exceptions import best_match
+
+    schema = yaml.safe_load(Path(schema_path).read_text(encoding="utf-8"))
+    properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def set_defaults(validator, props, instance, subschema):  # type: ignore[no-untyped-def]
+        if isinstance(instance, dict):
+            for name, sub in props.items():
+                if "default" in sub:
+                    instance.setdefault(name, copy.deepcopy(sub["default"]))
+        yield from properties(validator, props, instance, subschema)
+
+    validator = validators.extend(Draft202012Validator, {"properties": set_defaults})(schema)
+    error = best_match(validator.iter_errors(config))
+    if error is not None:
+        raise ConfigError(schema_error_line(error))
+
+
+def schema_error_line(error: Any) -> str:
+    """One line for a jsonschema ValidationError: the config key, and what is wrong."""
+    key = ".".join(str(p) for p in error.absolute_path)
+    where = f"workflow config key {key!r}" if key else "workflow config"
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = set(error.schema.get("properties") or {})
+        unknown = sorted(str(k) for k in error.instance if k not in known)
+        valid = ", ".join(sorted(known))
+        return f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; valid: {valid}"
+    if error.validator in ("oneOf", "anyOf"):
+        described = error.schema.get("description")
+        hint = f" (expected {described})" if described else ""
+        return f"{where}: {error.instance!r} is not valid{hint}"
+    if error.validator == "enum":
+        valid = ", ".join("null" if v is None else str(v) for v in error.validator_value)
+        return f"{where}: {error.instance!r} is not one of: {valid}"
+    return f"{where}: {' '.join(error.message.split())}"

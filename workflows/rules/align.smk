@@ -3,6 +3,9 @@
 # each, next to whatever VERL/ROLL/SLIME runs the spec lists. Cheap and local.
 ALIGN_SPEC = config["align"]["spec"]
 ALIGN_DIR = config["align"]["out"] or f"{RUNS_DIR}/.align"
+# align.strict: a package with damaged record lines fails the rule (default: its valid
+# records are aligned, with a warning in the rule's log).
+ALIGN_OPTIONS = "--strict" if config["align"].get("strict") else ""
 
 
 localrules:
@@ -27,6 +30,7 @@ rule align:
         # <runs>/<run>/train.done -> <runs>
         runs=lambda wildcards, input: os.path.dirname(os.path.dirname(input.trained[0])) if input.trained else RUNS_DIR,
         run_ids=",".join(sorted(RUNS)),
+        options=ALIGN_OPTIONS,
     resources:
         mem_mb=2000,
         runtime=30,
@@ -34,4 +38,4 @@ rule align:
         "../envs/expflow.yaml"
     shell:
         'expflow align "{input.spec}" --out "{params.out}" --workflow-runs "{params.runs}" '
-        '--run-ids "{params.run_ids}" > {log} 2>&1'
+        '--run-ids "{params.run_ids}" {params.options} > {log} 2>&1'

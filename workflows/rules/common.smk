@@ -1,17 +1,24 @@
 # No rules here: config validation, the planned runs, and the input functions.
 import shlex
 
-from snakemake.utils import validate
+from expflow.workflow import (
+    cluster_resources,
+    config_errors_exit,
+    plan_workflow,
+    validate_workflow_config,
+    workflow_settings,
+)
 
-from expflow.workflow import cluster_resources, plan_workflow, workflow_settings
 
-
-validate(config, schema="../schemas/workflow.schema.yaml")
-config.update(workflow_settings(config))
+# A bad key, value or sweep line is one `expflow: error:` line and exit status 1.
+with config_errors_exit():
+    # The schema's defaults are filled in (as snakemake.utils.validate would).
+    validate_workflow_config(config, workflow.source_path("../schemas/workflow.schema.yaml"))
+    config.update(workflow_settings(config))
+    # Hydra's parser expands the sweep here, at DAG-build time: every run id is known up front.
+    RUNS = plan_workflow(config)
 
 RUNS_DIR = config["runs_dir"]
-# Hydra's parser expands the sweep here, at DAG-build time: every run id is known up front.
-RUNS = plan_workflow(config)
 WORKFLOW_DIR = f"{RUNS_DIR}/.workflow"
 # report.out: the workflow's HTML page of every run (default: <runs_dir>/report.html).
 REPORT_HTML = config["report"]["out"] or f"{RUNS_DIR}/report.html"

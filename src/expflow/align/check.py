@@ -35,11 +35,14 @@ class FrameworkCheck:
     points: int = 0  # aligned points produced
     from_cache: bool = False
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)  # e.g. damaged record lines skipped
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         if self.status != ERROR:
             data.pop("error")
+        if not self.warnings:
+            data.pop("warnings")
         return data
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 DEFAULT_OUT = Path("outputs/align")
@@ -31,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workflow-runs", default=None, metavar="RUNS_DIR",
                    help="the workflow's runs directory: expflow sources on it align only --run-ids")
     p.add_argument("--run-ids", default="", metavar="ID,ID,...", help="the workflow's run ids (with --workflow-runs)")
+    p.add_argument("--strict", action="store_true",
+                   help="a package with damaged record lines fails its framework (default: align its valid "
+                        "records and warn, one line per package)")
     p.set_defaults(func=cmd_align)
 
 
@@ -55,8 +59,11 @@ def cmd_align(args: argparse.Namespace) -> int:
         plots=not args.no_plots,
         tracker=not args.no_tracker,
         console=Console(),
+        strict=args.strict,
     )
     print(f"aligned {len(result.table):,} points into {out}")
+    for warning in result.warnings:
+        print(f"expflow: warning: {warning}", file=sys.stderr)
     error = summary_error(result)
     if error is not None:
         raise error

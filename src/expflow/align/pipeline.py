@@ -1,6 +1,7 @@
 """``align``: every enabled framework's source -> cache -> step groups -> aligned names ->
 check -> outputs. A framework whose source fails is reported and left out; the others
-are still aligned and written.
+are still aligned and written. A source that skipped damaged data (an expflow package
+with bad record lines) is aligned from the rest with a warning; ``strict`` fails it.
 
 Outputs under ``out``: ``aligned.parquet`` and ``aligned.csv`` (``framework, metric, step,
 value``), ``check.json``, ``plots/<metric>.png``, ``report.html``, and the tracker
@@ -51,6 +52,11 @@ class AlignResult:
     def failures(self) -> list[FrameworkCheck]:
         return [c for c in self.checks if c.status == ERROR]
 
+    @property
+    def warnings(self) -> list[str]:
+        """One line per warning, naming its label (e.g. a package's skipped record lines)."""
+        return [f"{c.label}: {w}" for c in self.checks for w in c.warnings]
+
 
 @dataclass
 class WorkflowRuns:
@@ -69,7 +75,10 @@ def run_alignment(
     plots: bool = True,
     tracker: bool = True,
     console: Console | None = None,
+    strict: bool = False,
 ) -> AlignResult:
+    """Align every enabled framework. ``strict``: a source that skipped damaged data (see
+    ``RawRun.damage``) fails its framework instead of being aligned from the rest."""
     out = Path(out)
     console = console or Console(stderr=True)
     if tracker:
@@ -96,6 +105,11 @@ def run_alignment(
                 check.status, check.error = ERROR, e.one_line()
                 continue
             (result.cached if from_cache else result.read).append(label)
+            if raw.damage:  # kept in the cache entry: a cache hit warns (or fails) the same
+                if strict:
+                    check.status, check.error = ERROR, f"{raw.damage} (--strict)"
+                    continue
+                check.warnings.append(f"{raw.damage}; the bad lines are skipped (--strict fails the package)")
             try:
                 aligned = align_framework(raw, fw)
             except ValueError as e:  # e.g. steps too far apart to put on one axis

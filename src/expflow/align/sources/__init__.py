@@ -4,7 +4,9 @@ Every kind reads its files (or its cloud run) into a :class:`RawRun`: a long tab
 ``(metric, row, value)`` points in log order, plus the step keys the source declared.
 ``fingerprint()`` is cheap (a ``stat``, or one metadata call for cloud runs) and changes
 whenever the data could have: it keys the cache, so an unchanged source is never read
-again. A corrupt or truncated file is a :class:`SourceError` naming the file.
+again. A corrupt or truncated file is a :class:`SourceError` naming the file; a source
+that can skip what is damaged (expflow packages) reads the rest and says what it skipped
+in ``info[DAMAGE]``: a warning, or with ``--strict`` the framework's error.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ from expflow.errors import AlignError
 T = TypeVar("T")
 
 
+# RawRun.info key: one line saying what a read skipped as damaged (file, count, first bad line)
+DAMAGE = "damage"
+
+
 class SourceError(AlignError):
     """A source cannot be read: missing, corrupt, truncated, or refused by its service."""
 
@@ -41,6 +47,11 @@ class RawRun:
     @property
     def metrics(self) -> list[str]:
         return sorted(self.points["metric"].unique().astype(str))
+
+    @property
+    def damage(self) -> str | None:
+        """What the read skipped as damaged (one line), or None."""
+        return self.info.get(DAMAGE) or None
 
 
 def points_frame(metrics: Iterable[str], rows: Iterable[int], values: Iterable[float]) -> pd.DataFrame:
@@ -133,7 +144,10 @@ class FileSource(Source):
         return self.read_file(files[0])
 
     def fingerprint(self) -> str:
-        return stat_fingerprint(self.files())
+        try:
+            return stat_fingerprint(self.files())
+        except OSError as e:
+            raise SourceError(f"{self.describe()}: cannot read: {reason(e)}") from None
 
     def read(self) -> RawRun:
         return self.parse(self.files())

@@ -1,21 +1,27 @@
 """expflow save-packages: one package, or a runs directory of them.
 
 Points come from the package's checksummed metric records (rollbacks applied, so a
-continued run counts once), read strictly: a corrupt or torn record is an error naming
-the file and line. A runs directory stands for one aligned series per package, labelled
-``<framework>/<run_id>``; ``runs:`` in the spec (or the workflow) picks which.
+continued run counts once). A damaged line (bad checksum, torn tail, malformed record)
+is skipped and the valid records are aligned; the read's ``damage`` names the file, how
+many lines were bad and the first of them: a warning, or with ``--strict`` the package's
+error. A runs directory stands for one aligned series per package, labelled
+``<framework>/<run_id>``; ``runs:`` in the spec (or the workflow) picks which, and one
+package that cannot be read fails alone.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from expflow.align.sources import (
+    DAMAGE,
     FileSource,
     PointBuffer,
     RawRun,
     Source,
     SourceError,
+    reason,
     require_path,
 )
 from expflow.errors import PackageError
@@ -37,7 +43,11 @@ class ExpflowSource(FileSource):
             return [(None, ExpflowSource(self.spec, root))]
         if not root.is_dir():
             raise SourceError(f"{root}: neither a save-package nor a directory of them")
-        found = {p.name: p for p in sorted(root.iterdir()) if (p / MANIFEST).is_file()}
+        try:
+            children = sorted(root.iterdir())
+        except OSError as e:
+            raise SourceError(f"{root}: cannot list: {reason(e)}") from None
+        found = {p.name: p for p in children if _is_package(p)}
         wanted = self.spec.runs
         if wanted is not None:
             unknown = [r for r in wanted if r not in found]
@@ -71,10 +81,59 @@ class ExpflowSource(FileSource):
 
         try:
             pkg = SavePackage.open(self._package())
-            scan = pkg.scan_records(strict=True)
+            run_id = pkg.run_id
+            scan = pkg.scan_records(strict=False)
         except PackageError as e:
             raise SourceError(e.one_line()) from None
+        except OSError as e:
+            raise SourceError(f"{self._package()}: cannot read: {reason(e)}") from None
+        # (byte offset, what is wrong) of every bad line, in file order
+        bad = [(p.offset, str(p)) for p in scan.problems]
+        records = []
+        for offset, record in zip(scan.offsets, scan.records, strict=True):
+            problem = _malformed(record)
+            if problem is None:
+                records.append(record)
+            else:
+                bad.append((offset, f"byte {offset}: {problem}"))
         buf = PointBuffer()
-        for step, name, value in metric_points(scan.records):
-            buf.add(name, step, value)
-        return RawRun(buf.frame(), {}, {"package": str(pkg.path), "run_id": pkg.run_id})
+        for step, name, value in metric_points(records):
+            if _is_value(value):
+                buf.add(name, step, value)
+        info: dict[str, Any] = {"package": str(pkg.path), "run_id": run_id}
+        if bad:
+            bad.sort()
+            n = len(bad)
+            valid = len(records)
+            info[DAMAGE] = (
+                f"{pkg.records_path}: {n} bad record line{'s' if n > 1 else ''} "
+                f"(first: {bad[0][1]}), {valid} valid record{'' if valid == 1 else 's'}"
+            )
+        return RawRun(buf.frame(), {}, info)
+
+
+def _is_package(path: Path) -> bool:
+    try:
+        return (path / MANIFEST).is_file()
+    except OSError:  # e.g. a directory this user may not enter
+        return False
+
+
+def _malformed(record: dict[str, Any]) -> str | None:
+    """Why a record whose line checks out cannot be used, or None."""
+    if record["kind"] == "rollback":
+        return None if _is_step(record.get("to_step")) else "rollback record without an integer to_step"
+    if not _is_step(record.get("step")):
+        return "metrics record without an integer step"
+    values = record.get("values")
+    if not isinstance(values, dict) or not all(isinstance(k, str) for k in values):
+        return "metrics record without a values mapping"
+    return None
+
+
+def _is_step(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_value(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
