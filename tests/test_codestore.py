@@ -1,6 +1,12 @@
 import os
 
-from expflow.package.codestore import CodeStore, code_fingerprint, verify_snapshot
+from expflow.package.codestore import (
+    DEFAULT_EXCLUDE,
+    DEFAULT_INCLUDE,
+    CodeStore,
+    code_fingerprint,
+    verify_snapshot,
+)
 
 
 def make_tree(root, n=5):
@@ -38,3 +44,17 @@ def test_snapshot_is_isolated_from_later_edits(tmp_path):
     assert verify_snapshot(tmp_path / "pkg" / "code", entries) == []
     entries2 = store.snapshot(root, tmp_path / "pkg2" / "code")
     assert code_fingerprint(entries2) != code_fingerprint(entries)
+
+
+def test_snapshot_never_takes_secrets_or_env_files(tmp_path):
+    root = tmp_path / "proj"
+    make_tree(root)
+    for rel in ("conf/secrets/key.yaml", "secrets/config.yaml", "workflows/.env", "workflows/.env.local"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("x: 1\n")
+    (root / "workflows" / "rule.smk").write_text("rule a: pass\n")
+    store = CodeStore(tmp_path / "store")
+    for include, exclude in ((DEFAULT_INCLUDE, DEFAULT_EXCLUDE), (["**/*", "**/.*"], [])):
+        paths = sorted(e.path for e in store.snapshot(root, tmp_path / "pkg" / "code", include, exclude))
+        assert not [p for p in paths if "secrets/" in p or ".env" in p], paths
+        assert "workflows/rule.smk" in paths

@@ -91,6 +91,10 @@ def test_command_line_sweep_replaces_declared_values():
         (["trainer.max_epochs=0"], ["trainer.max_epochs", ">= 1"]),
         (["+freq=nope"], ["'nope'", "lr_sweep"]),
         (["trainer.max_epochs=[1"], ["bad override"]),
+        (["+optim.lrr=1e-3"], ["'optim.lrr'", "did you mean 'optim.lr'"]),
+        (["freq=lr_sweep"], ["'+freq=lr_sweep'"]),
+        (["optim.lr=nan"], ["optim.lr", "finite"]),
+        (["seed=100000000000000000000000"], ["seed", "0..4294967295"]),
     ],
 )
 def test_bad_config_is_a_config_error_naming_the_key(compose, override, needles):
@@ -109,6 +113,7 @@ def test_bad_config_is_a_config_error_naming_the_key(compose, override, needles)
         (["model=nope"], ["cnn, mlp"]),
         (["trainer.nope=1"], ["trainer.nope"]),
         (["-m", "optim.lr=0.1,abc"], ["optim.lr", "Float"]),
+        (["+optim.lrr=1e-3"], ["optim.lrr", "optim.lr"]),
     ],
 )
 def test_train_command_bad_input_is_one_line(tmp_path, args, needles):

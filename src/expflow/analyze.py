@@ -10,12 +10,14 @@ from typing import Any
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from expflow.config.numbers import int_option
+
     p.add_argument("package", help="the save-package directory (runs/<run_id>)")
     p.add_argument("script", nargs="?", default=None,
                    help="the script's name (or script=<name>, or a path to a .py file); see --list")
-    p.add_argument("--checkpoint", type=int, default=None, metavar="STEP",
+    p.add_argument("--checkpoint", type=int_option(0), default=None, metavar="STEP",
                    help="analyze the checkpoint at this step (default: the latest)")
-    p.add_argument("--gpus", type=int, default=None, metavar="N",
+    p.add_argument("--gpus", type=int_option(0), default=None, metavar="N",
                    help="GPUs the analysis leases (default: 1 when the run used GPUs, else 0)")
     p.add_argument("--project", default=".", metavar="DIR",
                    help="the project whose analysis/ folder is searched first (default: .)")

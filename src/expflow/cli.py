@@ -117,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("continue", help="resume a package from its latest (or a chosen) checkpoint")
     p.add_argument("package", help="the save-package directory")
-    p.add_argument("--checkpoint", type=int, default=None, metavar="STEP",
+    from expflow.config.numbers import int_option
+
+    p.add_argument("--checkpoint", type=int_option(0), default=None, metavar="STEP",
                    help="resume from the checkpoint at this step (default: the latest)")
     p.add_argument("--force", action="store_true", help="continue even a COMPLETED package (from its latest checkpoint)")
     p.add_argument("--working-tree", action="store_true",

@@ -299,7 +299,9 @@ def register(subparsers: Any) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", default="runs", metavar="DIR", help="the runs directory (default: runs)")
     p.add_argument("--watch", action="store_true", help="refresh the table in place until Ctrl-C")
-    p.add_argument("--interval", type=float, default=2.0, metavar="S", help="seconds between refreshes (--watch)")
+    from expflow.config.numbers import number_option
+
+    p.add_argument("--interval", type=number_option(0), default=2.0, metavar="S", help="seconds between refreshes (--watch)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.add_argument("--status", action="append", default=[], metavar="S",
                    help=f"only these statuses (comma-separated or repeated): {', '.join(STATUS_ORDER)}")

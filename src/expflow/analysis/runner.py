@@ -279,7 +279,9 @@ def worker_main(argv: list[str] | None = None) -> int:
     source.add_argument("--module")
     source.add_argument("--file", type=Path)
     parser.add_argument("--origin", default="file")
-    parser.add_argument("--checkpoint", type=int, default=None)
+    from expflow.config.numbers import int_option
+
+    parser.add_argument("--checkpoint", type=int_option(0), default=None)
     args = parser.parse_args(argv)
     ref = ScriptRef(args.name, args.origin, module=args.module, file=args.file)
     pkg = None

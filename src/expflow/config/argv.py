@@ -6,13 +6,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from expflow.config.checks import check_override_credentials
 from expflow.config.compose import (
     CONFIG_NAME,
+    _first_line,
     compose_config,
     expand_sweep,
     sweeper_params,
     validate_config,
 )
+from expflow.errors import ConfigError
 
 # Flags after which Hydra prints something instead of running a job.
 _INFO_FLAGS = {"-h", "--help", "--hydra-help", "--version", "--info", "-i", "-c", "--cfg",
@@ -57,20 +60,25 @@ def check_argv(argv: Sequence[str]) -> HydraArgs:
     args = parse_hydra_argv(argv)
     if args.info_only:
         return args
+    check_override_credentials(args.overrides)
     kw = {"config_dir": args.config_dir, "config_name": args.config_name}
     if not args.multirun:
-        validate_config(compose_config(args.overrides, **kw))
+        validate_config(compose_config(args.overrides, **kw), args.overrides)
         return args
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
 
-    parsed = OverridesParser.create().parse_overrides(args.overrides)
+    try:
+        parsed = OverridesParser.create().parse_overrides(args.overrides)
+    except OverrideParseException as e:
+        raise ConfigError(f"bad override: {_first_line(str(e))}") from None
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     params = sweeper_params(compose_config(fixed, return_hydra_config=True, **kw))
     jobs = expand_sweep(args.overrides, params)
     if len(jobs) <= MAX_FULL_CHECKS:
         for job in jobs:
-            validate_config(compose_config(job, **kw))
+            validate_config(compose_config(job, **kw), job)
     else:  # a large sweep: each distinct value once, on top of the fixed overrides
         for value in sorted({o for job in jobs for o in job} - set(fixed)):
-            validate_config(compose_config([*fixed, value], **kw))
+            validate_config(compose_config([*fixed, value], **kw), [*fixed, value])
     return args

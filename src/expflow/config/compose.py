@@ -4,6 +4,7 @@ Hydra/OmegaConf errors into one line that names the key and what is valid."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -17,6 +18,7 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from expflow.config.checks import check_credentials, check_known_keys, check_numbers, short
 from expflow.config.schema import CHOICES, register_configs
 from expflow.errors import ConfigError
 
@@ -65,10 +67,13 @@ def compose_config(
     try:
         with initialize_config_dir(config_dir=str(directory), version_base="1.3"):
             cfg = compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
-    except (HydraException, OmegaConfBaseException, ValueError) as e:
+    except (HydraException, OmegaConfBaseException, ValueError, OverflowError) as e:
         raise ConfigError(explain(e, directory, overrides)) from None
     finally:
         GlobalHydra.instance().clear()
+    # A '+key=value' force-adds even into a schema's node: the same unknown key as without '+'.
+    check_credentials(cfg)
+    check_known_keys(cfg, overrides)
     return cfg
 
 
@@ -115,31 +120,50 @@ def expand_sweep(overrides: Sequence[str], params: dict[str, str] | None = None)
 
 
 # -- validation ------------------------------------------------------------------
-def validate_config(cfg: DictConfig) -> None:
-    """Checks no schema type can express: fixed choices and value ranges."""
+def validate_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
+    """Checks no schema type can express (see :mod:`expflow.config.checks`): no
+    credentials, no key a schema lacks, finite numbers in range, fixed choices, the
+    tracker's settings, and a code snapshot that would take no credentials."""
+    check_credentials(cfg)
+    check_known_keys(cfg, overrides)
+    check_numbers(cfg, overrides)
     for key, valid in CHOICES.items():
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and value not in valid:
             raise ConfigError(f"{key}: {value!r} is not valid; valid: {', '.join(valid)}")
-    for key, minimum in (
-        ("trainer.max_epochs", 1),
-        ("trainer.processes", 1),
-        ("trainer.log_every_n_steps", 1),
-        ("gpu.count", 0),
-        ("gpu.max_jobs_per_gpu", 1),
-        ("gpu.mem_mb", 0),
-        ("checkpoint.fast_keep", 0),
-        ("checkpoint.slow_every", 0),
-        ("checkpoint.slow_keep", 0),
-    ):
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is not None and value < minimum:
-            raise ConfigError(f"{key}: {value} is out of range; valid: an integer >= {minimum}")
-    if OmegaConf.select(cfg, "trainer.heartbeat_s", default=1.0) <= 0:
-        raise ConfigError("trainer.heartbeat_s: must be > 0")
     from expflow.tracking.validate import check_tracker_config
 
     check_tracker_config(cfg)
+    check_code_sources(cfg)
+
+
+_vetted: set[tuple[Any, ...]] = set()  # code trees this process found clean
+
+
+def check_code_sources(cfg: DictConfig) -> None:
+    """Refuse, before any package is made, a code snapshot that would take a config file
+    carrying a credential. Each tree is looked at once per process here (a sweep or a
+    workflow plan validates many configs of one tree); the snapshot itself checks again."""
+    from expflow.package.codestore import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, check_sources
+
+    try:
+        code = OmegaConf.to_container(cfg.code, resolve=True)
+        paths = OmegaConf.to_container(cfg.paths, resolve=True)
+    except Exception:  # no code node, or one that cannot resolve here: the snapshot checks
+        return
+    if not isinstance(code, dict) or not isinstance(paths, dict):
+        return
+    root = Path(str(code.get("root") or ".")).resolve()
+    if not root.is_dir():
+        return  # the snapshot reports it
+    include = tuple(code.get("include") or DEFAULT_INCLUDE)
+    exclude = tuple(code.get("exclude") or DEFAULT_EXCLUDE)
+    skip = tuple(Path(str(p)).resolve() for p in (paths.get("runs"), paths.get("store")) if p)
+    key = (root, include, exclude, skip, os.environ.get("EXPFLOW_SECRETS_DIR"))
+    if key in _vetted:
+        return
+    check_sources(root, include, exclude, skip_dirs=skip)
+    _vetted.add(key)
 
 
 # -- errors ----------------------------------------------------------------------
@@ -196,7 +220,25 @@ def explain(exc: BaseException, directory: Path, overrides: Sequence[str] = ()) 
             override = next((o for o in overrides if o.lstrip("+~").split("=")[0] == key), None)
             where = f" (override {override!r})" if override else ""
             return f"{key}: {msg}{where}"
+    for e in _chain(exc):
+        if isinstance(e, OverflowError):  # e.g. a 400-digit number for a float
+            m = re.search(r"full_key: (\S+)", str(e))
+            key = m.group(1) if m else "config"
+            return f"{key}: the number is out of range{_override_where(key, overrides)}; valid: a finite float"
     msg = _first_line(str(exc))
+    if msg.startswith("Could not override") and "No match in the defaults list" in msg:
+        # freq=lr_sweep for a group that is not in the defaults list: Hydra's own hint
+        key = msg.split("'")[1] if "'" in msg else ""
+        if key and (directory / key).is_dir():
+            override = next((o for o in overrides if o.split("=")[0] == key), f"{key}=<option>")
+            options = sorted(p.stem for p in (directory / key).glob("*.y*ml"))
+            return (f"{key!r} is a config group not in the defaults list: to add it, write '+{override}' "
+                    f"(options: {', '.join(options)})")
+    if msg.startswith("Could not append to config. An item is already at"):
+        key = msg.split("'")[1] if "'" in msg else ""
+        override = next((o for o in overrides if o.lstrip("+").split("=")[0] == key), "")
+        fix = f": write {override.lstrip('+')!r} (no '+') to change it" if override else ""
+        return f"{key!r} is already in the config{fix}"
     if msg.startswith("Could not override"):
         # e.g. "Could not override 'trainer.foo'." (unknown key without a typed cause)
         key = msg.split("'")[1] if "'" in msg else ""
@@ -204,6 +246,11 @@ def explain(exc: BaseException, directory: Path, overrides: Sequence[str] = ()) 
         valid = _valid_keys(directory, parent)
         return f"unknown key {key!r}" + (f"; valid keys under {parent!r}: {', '.join(valid)}" if valid else "")
     return msg
+
+
+def _override_where(key: str, overrides: Sequence[str]) -> str:
+    override = next((o for o in overrides if o.lstrip("+~").split("=")[0] == key), None)
+    return f" (override {short(override, 60)!r})" if override else ""
 
 
 def resolve(cfg: DictConfig) -> dict[str, Any]:

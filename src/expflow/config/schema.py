@@ -9,6 +9,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from expflow.config.numbers import Range
 from expflow.package.codestore import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
 
 
@@ -186,4 +187,27 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.scheduler_interval": ("epoch", "step"),
     "trainer.progress": ("auto", "rich", "plain", "none"),
     "trainer.device": ("auto", "cpu", "cuda"),
+}
+
+
+# Every integer of a composed config fits int64 (torch and NumPy hold no more), every
+# float is finite (no nan/inf) unless its key is in NONFINITE; these keys are narrower.
+# Any key named ``seed`` or ``*_seed``, anywhere, is in numbers.SEED (0..2**32-1).
+NONFINITE: frozenset[str] = frozenset()
+RANGES: dict[str, Range] = {
+    "trainer.max_epochs": Range(1, integer=True),
+    "trainer.processes": Range(1, integer=True),
+    "trainer.log_every_n_steps": Range(1, integer=True),
+    "trainer.threads": Range(0, integer=True),  # 0 or null: torch's default
+    "trainer.heartbeat_s": Range(0, low_open=True),
+    "trainer.grad_clip": Range(0),  # 0 or null: off
+    "optim.lr": Range(0),
+    "optim.weight_decay": Range(0),
+    "gpu.count": Range(0, integer=True),
+    "gpu.max_jobs_per_gpu": Range(1, integer=True),
+    "gpu.mem_mb": Range(0, integer=True),
+    "checkpoint.fast_keep": Range(0, integer=True),
+    "checkpoint.slow_every": Range(0, integer=True),
+    "checkpoint.slow_keep": Range(0, integer=True),
+    "checkpoint.persistent_keep": Range(0, integer=True),
 }

@@ -4,6 +4,18 @@ Every file of a snapshot is stored once under ``<store>/objects/<sha256[:2]>/<sh
 (read-only) and hardlinked into a package's ``code/``: a thousand packages of the same
 code cost the disk about one copy. Where a hardlink is impossible (another file
 system) the file is copied.
+
+Credentials never enter a snapshot, whatever ``code.include``/``code.exclude`` say:
+
+- a ``secrets/`` directory (at any depth, and ``$EXPFLOW_SECRETS_DIR``), ``.env`` and
+  ``.env.*`` files are always left out, silently (they are never code);
+- a config file (``.yaml .yml .json .toml .ini .cfg``) with a credential-named key
+  (:mod:`expflow.config.credentials`: ``api_key``, ``token``, ``password``...) that
+  carries a value refuses the whole snapshot with one line naming the file and the
+  key, before any object is stored: move the value to the environment or ``secrets/``,
+  or leave the file out with ``code.exclude``. A null, empty or ``${...}`` value is fine.
+  Only config files whose bytes contain a credential-like word are parsed, and each
+  content is parsed once per process (cached by its hash).
 """
 
 from __future__ import annotations
@@ -19,6 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from expflow.errors import PackageError
+
+CONFIG_SUFFIXES = frozenset({".yaml", ".yml", ".json", ".toml", ".ini", ".cfg"})
+SECRETS_DIR_ENV = "EXPFLOW_SECRETS_DIR"  # as expflow.tracking.secrets
+_verdicts: dict[tuple[str, str], str | None] = {}  # (sha256, suffix) -> credential key, or None
 
 DEFAULT_INCLUDE = (
     "src/**/*.py",
@@ -59,11 +75,14 @@ def collect_files(
     exclude: Iterable[str] = DEFAULT_EXCLUDE,
     skip_dirs: Iterable[str | os.PathLike[str]] = (),
 ) -> list[Path]:
-    """Files under ``root`` matching an include glob and no exclude glob, sorted."""
+    """Files under ``root`` matching an include glob and no exclude glob, sorted; never
+    a secrets directory or a ``.env`` file (see the module's doc)."""
     root = Path(root).resolve()
     if not root.is_dir():
         raise PackageError(f"code.root: {root} is not a directory")
     skip = [Path(d).resolve() for d in skip_dirs]
+    if os.environ.get(SECRETS_DIR_ENV):
+        skip.append(Path(os.environ[SECRETS_DIR_ENV]).resolve())
     exclude = list(exclude)
     found: set[Path] = set()
     for pattern in include:
@@ -71,13 +90,119 @@ def collect_files(
             if not p.is_file() or p.is_symlink():
                 continue
             rel = p.relative_to(root).as_posix()
-            if any(fnmatch.fnmatch(rel, ex) for ex in exclude):
+            if never_taken(rel) or any(fnmatch.fnmatch(rel, ex) for ex in exclude):
                 continue
             rp = p.resolve()
             if any(rp.is_relative_to(d) for d in skip):
                 continue
             found.add(p)
     return sorted(found)
+
+
+def never_taken(rel: str) -> bool:
+    """A path (relative, POSIX) no snapshot takes: under a ``secrets/`` directory, or a
+    ``.env`` / ``.env.*`` file."""
+    *dirs, name = rel.split("/")
+    return "secrets" in dirs or name == ".env" or name.startswith(".env.")
+
+
+def credential_in(path: Path, data: bytes | None = None) -> str | None:
+    """The first credential-named key with a value in config file ``path`` (None: none,
+    or not a config file). Parsed only when a credential-like word occurs, once per content."""
+    suffix = path.suffix.lower()
+    if suffix not in CONFIG_SUFFIXES:
+        return None
+    from expflow.config.credentials import CANDIDATE
+
+    if data is None:
+        data = path.read_bytes()
+    if not CANDIDATE.search(data):
+        return None
+    key = (hashlib.sha256(data).hexdigest(), suffix)
+    if key not in _verdicts:
+        _verdicts[key] = _scan_config(data, suffix)
+    return _verdicts[key]
+
+
+def _scan_config(data: bytes, suffix: str) -> str | None:
+    from expflow.config.credentials import credential_keys
+
+    try:
+        text = data.decode("utf-8-sig")
+        docs = _parse_config(text, suffix)
+    except Exception:  # not parseable as its kind: look at it line by line
+        return _scan_lines(data.decode("utf-8", "replace"))
+    for doc in docs:
+        for key in credential_keys(doc, interpolations=False):
+            return key
+    return None
+
+
+def _parse_config(text: str, suffix: str) -> list[object]:
+    if suffix in (".yaml", ".yml"):
+        import yaml
+
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        return list(yaml.load_all(text, Loader=loader))
+    if suffix == ".json":
+        import json
+
+        return [json.loads(text)]
+    if suffix == ".toml":
+        import tomllib
+
+        return [tomllib.loads(text)]
+    import configparser
+
+    parser = configparser.RawConfigParser(strict=False, interpolation=None)
+    parser.read_string(text)
+    return [{s: dict(parser.items(s)) for s in parser.sections()} | {"DEFAULT": dict(parser.defaults())}]
+
+
+_NO_VALUE = {"", "null", "~", "none", "''", '""', "???", "true", "false", "{}", "[]"}
+
+
+def _scan_lines(text: str) -> str | None:
+    """``key: value`` / ``key = value`` lines of an unparseable config file."""
+    import re
+
+    from expflow.config.credentials import credential_name
+
+    line_re = re.compile(r"""^\s*["']?([\w.\- ]+?)["']?\s*[:=]\s*(.*?)\s*,?\s*$""")
+    for line in text.splitlines():
+        m = line_re.match(line)
+        if not m or not credential_name(m.group(1).rpartition(".")[2]):
+            continue
+        value = m.group(2)
+        if value.lower() in _NO_VALUE or value[:1] in ("#", ";") or (value.startswith("${") and value.endswith("}")):
+            continue
+        return m.group(1)
+    return None
+
+
+def check_sources(
+    root: str | os.PathLike[str],
+    include: Iterable[str] = DEFAULT_INCLUDE,
+    exclude: Iterable[str] = DEFAULT_EXCLUDE,
+    skip_dirs: Iterable[str | os.PathLike[str]] = (),
+    files: Iterable[Path] | None = None,
+) -> list[Path]:
+    """The files a snapshot of ``root`` takes; PackageError (one line naming the file and
+    key) when a config file among them carries a credential."""
+    root = Path(root).resolve()
+    found = list(files) if files is not None else collect_files(root, include, exclude, skip_dirs)
+    for p in found:
+        try:
+            key = credential_in(p)
+        except OSError:
+            continue  # unreadable: the snapshot reports it
+        if key is not None:
+            raise PackageError(
+                f"code snapshot: {p.relative_to(root).as_posix()} has a credential in key {key!r}; "
+                "snapshots never take credentials: move it to an environment variable or secrets/, "
+                "or leave the file out with code.exclude"
+            )
+    return found
 
 
 class CodeStore:
@@ -123,10 +248,12 @@ class CodeStore:
         exclude: Iterable[str] = DEFAULT_EXCLUDE,
         skip_dirs: Iterable[str | os.PathLike[str]] = (),
     ) -> list[CodeFile]:
-        """Snapshot the matching files of ``root`` into ``target`` (a package's ``code/``)."""
+        """Snapshot the matching files of ``root`` into ``target`` (a package's ``code/``);
+        refused (PackageError) when a config file carries a credential."""
         root = Path(root).resolve()
         entries = []
-        for src in collect_files(root, include, exclude, skip_dirs):
+        # Every file checked before any is stored: a refused snapshot leaves nothing behind.
+        for src in check_sources(root, include, exclude, skip_dirs):
             f = self.add(src)
             entries.append(CodeFile(src.relative_to(root).as_posix(), f.sha256, f.size, f.executable))
         self.materialize(entries, target)

@@ -31,7 +31,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--workspace", default=None, help="SwanLab workspace (organization)")
     p.add_argument("--artifact", dest="artifacts", action="append", default=[], metavar="GLOB",
                    help="MLflow: also upload these package files (relative glob, repeatable)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds an upload may take before it is deferred")
+    from expflow.config.numbers import number_option
+
+    p.add_argument("--timeout", type=number_option(0), default=120.0, help="seconds an upload may take before it is deferred")
     p.add_argument("--done", default=None, metavar="FILE",
                    help="(workflow) write this marker when no package failed; a deferred sync's marker "
                         "is removed by the next workflow run, which syncs again")

@@ -16,7 +16,6 @@ from expflow.errors import ConfigError
 KINDS = {"SwanLabTracker": "SwanLab", "MlflowTracker": "MLflow"}
 # SwanLab's own rule for project names (swanlab.sdk.internal.pkg.constraints.ProjectName).
 SWANLAB_PROJECT = re.compile(r"^[0-9a-zA-Z_\-+.]{1,100}$")
-SECRET_NAME = re.compile(r"api[_-]?key|token|secret|password", re.IGNORECASE)
 _printed: set[str] = set()
 
 
@@ -47,22 +46,24 @@ def _valid_modes(kind: str) -> tuple[str, ...]:
 
 
 def secret_keys(node: Any, key: str = "tracker") -> Iterator[str]:
-    """Config keys under ``node`` that look like credentials (their values are never read)."""
-    node = _plain(node)
-    if isinstance(node, dict):
-        for k, v in node.items():
-            if SECRET_NAME.search(str(k)):
-                yield f"{key}.{k}"
-            yield from secret_keys(v, f"{key}.{k}")
+    """Config keys under ``node`` that are credential-named and carry a value (see
+    :mod:`expflow.config.credentials`; the values are never shown). The whole config
+    gets the same check in :func:`expflow.config.validate_config`."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    from expflow.config.credentials import credential_keys
+
+    if isinstance(node, (DictConfig, ListConfig)):
+        node = OmegaConf.to_container(node, resolve=False)  # an interpolation resolves into the package
+    yield from credential_keys(node, key)
 
 
 def check_tracker(node: Any) -> list[str]:
     """Raise ConfigError on the first invalid tracker setting; return the warnings."""
+    from expflow.config.credentials import refusal
+
     for key in secret_keys(node):
-        raise ConfigError(
-            f"{key}: credentials are never config values (the config is written into the package); "
-            "export SWANLAB_API_KEY (MLflow: MLFLOW_TRACKING_TOKEN) or put the key in secrets/swanlab_api_key"
-        )
+        raise ConfigError(refusal(key))
     warnings: list[str] = []
     enabled: list[str] = []
     for key, kind, t in tracker_nodes(node):
