@@ -73,3 +73,30 @@ def test_find_names_valid_steps(tmp_path):
     with pytest.raises(CheckpointError, match="valid steps: 10, 20"):
         store.find(15)
     assert store.find(None).step == 20
+
+
+@pytest.mark.parametrize("field, value", [("fast_keep", "2"), ("slow_every", 1.5), ("slow_keep", True),
+                                          ("persistent_keep", "all")])
+def test_policy_of_the_wrong_type_is_a_checkpoint_error(field, value):
+    with pytest.raises(CheckpointError, match=f"checkpoint.{field} must be an integer"):
+        RetentionPolicy(**{field: value})
+
+
+def test_damaged_index_is_one_error_naming_the_key_and_is_never_overwritten(tmp_path):
+    import json
+
+    store = CheckpointStore(tmp_path / "ck", POLICY)
+    save_range(store, [1, 2], hold=())
+    index = json.loads(store.index_path.read_text())
+    index["checkpoints"]["2"]["epoch"] = "2"
+    store.index_path.write_text(json.dumps(index))
+    damaged = store.index_path.read_bytes()
+    with pytest.raises(CheckpointError, match=r"index.json: invalid checkpoint index: key 'checkpoints.2.epoch'"):
+        store.list()
+    # A save or a truncation on a damaged index fails: it never replaces the index by a new one.
+    with pytest.raises(CheckpointError, match="checkpoints.2.epoch"):
+        store.save(state(30), step=30, epoch=3)
+    with pytest.raises(CheckpointError, match="checkpoints.2.epoch"):
+        store.truncate_after(10)
+    assert store.index_path.read_bytes() == damaged
+    assert store.files_on_disk() == expected_files([10, 20])

@@ -197,7 +197,9 @@ def test_live_states_waiting_for_a_lease_running_killed_and_crashed(tmp_path):
     env = {"EXPFLOW_SIMULATED_GPUS": "1x1000", "EXPFLOW_LEASE_DIR": str(tmp_path / "leases")}
     full_env = dict(os.environ, **env)
     # A run that crashes in its training code, and one that completes.
-    crashed = run_cli(*small_overrides(runs, "optim.lr=-1", "run_id=crashed"), module="expflow.train")
+    # A negative momentum passes the config schema and fails inside torch: a crash of "user code".
+    crashed = run_cli(*small_overrides(runs, "optim=sgd", "optim.optimizer.momentum=-1", "run_id=crashed"),
+                      module="expflow.train")
     assert crashed.returncode != 0
     # The only (simulated) GPU is held by another process ...
     holder = subprocess.Popen([sys.executable, "-c", "import time; from expflow.gpu import lease_gpus; "

@@ -28,6 +28,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2, default=str))
     else:
         render_summary(summary, pkg, Console())
+    damaged = summary["damaged"]
+    if damaged:  # shown above as far as readable; the exit status says the package is damaged
+        more = f" (and {len(damaged) - 1} more damaged file(s))" if len(damaged) > 1 else ""
+        raise PackageError(f"{damaged[0]}{more}")
     return 0
 
 
@@ -36,16 +40,23 @@ def cmd_continue(args: argparse.Namespace) -> int:
     from expflow.trainer import launch
 
     pkg = SavePackage.open(args.package)
+    pkg.check()  # every file it reads or appends to: a damaged one is one line, before anything is touched
     status = pkg.status()
+    if pkg.pending():
+        raise PackageError(f"{pkg.path}: the run was never started (QUEUED, nothing to continue); "
+                           f"train it with `expflow run {pkg.path}`")
     if status.active:
         raise PackageError(f"{pkg.path}: the run is {status.value} in a live process; stop it before continuing")
     store = pkg.checkpoints()
+    if status is Status.COMPLETED and args.checkpoint is None:
+        if not args.force:
+            raise PackageError(f"{pkg.path}: the run is already COMPLETED; nothing to continue (--force continues it "
+                               "from its latest checkpoint, --checkpoint STEP from an earlier one)")
+        if not store.list():
+            raise PackageError(f"{pkg.path}: the run is COMPLETED and has no checkpoint to continue from")
     if args.checkpoint is not None or store.list():
         # Fail early, in this process, on a missing or corrupt checkpoint.
         store.load(store.find(args.checkpoint), map_location="cpu")
-    elif status is Status.COMPLETED and not args.force:
-        Console().print(f"{pkg.run_id} is already COMPLETED; nothing to continue (use --checkpoint STEP to resume an earlier one)")
-        return 0
     resume = args.checkpoint if args.checkpoint is not None else "latest"
     result = launch(pkg, resume=resume, from_snapshot=not args.working_tree)
     Console().print(f"[green]{pkg.run_id} COMPLETED[/]")

@@ -11,21 +11,38 @@ from rich.markup import escape
 from rich.table import Table
 
 from expflow.analysis import analysis_records, headline
+from expflow.errors import ExpflowError
 from expflow.package import SavePackage, last_values
+from expflow.package.records import RecordScan
 from expflow.package.status import Status
 
 
+def _one_line(e: Exception) -> str:
+    return e.one_line() if isinstance(e, ExpflowError) else f"{e.__class__.__name__}: {' '.join(str(e).split())}"
+
+
 def package_summary(pkg: SavePackage) -> dict[str, Any]:
+    """What ``show`` reports. A damaged manifest raises (nothing can be shown without it);
+    a damaged checkpoint index or record file is listed under ``damaged`` and the rest is
+    still reported; a damaged heartbeat is ignored (no heartbeat) and listed under ``warnings``."""
     m = pkg.manifest()
     status = pkg.status()
-    scan = pkg.scan_records()
+    damaged: list[str] = []
+    records_error = None
+    try:
+        scan = pkg.scan_records()
+    except ExpflowError as e:
+        scan, records_error = RecordScan(), e.one_line()
+        damaged.append(records_error)
     try:
         checkpoints = [
             {"step": c.step, "epoch": c.epoch, "number": c.number, "tracks": list(c.tracks), "file": c.file}
             for c in pkg.checkpoints().list()
         ]
     except Exception as e:  # an unreadable index must not hide the rest
-        checkpoints = [{"error": str(e)}]
+        checkpoints = [{"error": _one_line(e)}]
+        damaged.append(_one_line(e))
+    heartbeat, heartbeat_problem = pkg.read_heartbeat()
     analyses = sorted(p.name for p in pkg.analysis_dir.iterdir() if not p.name.startswith(".")) if pkg.analysis_dir.is_dir() else []
     return {
         "run_id": m.get("run_id"),
@@ -47,13 +64,17 @@ def package_summary(pkg: SavePackage) -> dict[str, Any]:
         "error": m.get("error"),
         "checkpoints": checkpoints,
         "metrics_last": last_values(scan.records),
-        "records": {"count": len(scan.records), "problems": [str(p) for p in scan.problems]},
+        "records": {"count": len(scan.records), "problems": [str(p) for p in scan.problems],
+                    **({"error": records_error} if records_error else {})},
         "analyses": analyses,
         "analysis_records": analysis_records(pkg),
         "status_history": m.get("status_history", []),
         "attempts": m.get("attempts", []),
         "leases": m.get("leases", []),
-        "heartbeat": pkg.heartbeat(),
+        "heartbeat": heartbeat,
+        "pending": pkg.pending(m),
+        "damaged": damaged,
+        "warnings": [f"{heartbeat_problem} (ignored: treated as no heartbeat)"] if heartbeat_problem else [],
     }
 
 
@@ -68,6 +89,7 @@ def error_tail(pkg: SavePackage, lines: int = 30, log: str | None = None) -> lis
 def render_summary(summary: dict[str, Any], pkg: SavePackage, console: Console) -> None:
     status = summary["status"]
     color = {"COMPLETED": "green", "CRASHED": "red", "RUNNING": "cyan"}.get(status, "yellow")
+    shown_status = f"{status} (not started)" if summary.get("pending") else status
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
@@ -75,7 +97,7 @@ def render_summary(summary: dict[str, Any], pkg: SavePackage, console: Console) 
     rows = [
         ("run", summary["run_id"]),
         ("path", summary["path"]),
-        ("status", f"[{color}]{status}[/]"),
+        ("status", f"[{color}]{shown_status}[/]"),
         ("seed", str(summary["seed"])),
         ("overrides", " ".join(summary["overrides"]) or "-"),
         ("fingerprint", str(summary["fingerprint"])[:16]),
@@ -98,7 +120,7 @@ def render_summary(summary: dict[str, Any], pkg: SavePackage, console: Console) 
         ck.add_column(col)
     for c in summary["checkpoints"]:
         if "error" in c:
-            ck.add_row("!", "", c["error"], "")
+            ck.add_row("!", "", escape(c["error"]), "")
         else:
             ck.add_row(str(c["step"]), str(c["epoch"]), ",".join(c["tracks"]), c["file"])
     console.print(ck)
@@ -110,7 +132,11 @@ def render_summary(summary: dict[str, Any], pkg: SavePackage, console: Console) 
     console.print(mt)
     problems = summary["records"]["problems"]
     if problems:
-        console.print(f"[yellow]metric records: {len(problems)} invalid line(s): {problems[0]}[/]")
+        console.print(f"[yellow]metric records: {len(problems)} invalid line(s): {escape(problems[0])}[/]")
+    if summary["records"].get("error"):
+        console.print(f"[red]metric records: {escape(summary['records']['error'])}[/]", soft_wrap=True)
+    for warning in summary.get("warnings") or []:
+        console.print(f"[yellow]warning: {escape(warning)}[/]", soft_wrap=True)
     render_history(summary, console)
     render_analyses(summary, console)
     if status == "CRASHED":

@@ -42,8 +42,12 @@ def create_package(
     overrides: Sequence[str] = (),
     package_dir: str | os.PathLike[str] | None = None,
     hydra_files: dict[str, str] | None = None,
+    claim: bool = False,
 ) -> SavePackage:
-    """Validate ``cfg`` and materialize its package (code snapshot before training starts)."""
+    """Validate ``cfg`` and materialize its package (code snapshot before training starts).
+
+    ``claim``: this process runs the package next (a kill before it leaves QUEUED shows
+    CRASHED); without it the package is pending, for ``expflow run`` later."""
     from expflow.config import resolve, setup, validate_config
 
     setup()
@@ -65,6 +69,7 @@ def create_package(
         code_include=code["include"],
         code_exclude=code["exclude"],
         hydra_files=hydra_files,
+        claim=claim,
     )
 
 
@@ -76,7 +81,7 @@ def train(
     hydra_files: dict[str, str] | None = None,
 ) -> RunResult:
     """Materialize the package for ``cfg`` and train it to the end."""
-    pkg = create_package(cfg, overrides=overrides, package_dir=package_dir, hydra_files=hydra_files)
+    pkg = create_package(cfg, overrides=overrides, package_dir=package_dir, hydra_files=hydra_files, claim=True)
     return run_package(pkg, from_snapshot=False)
 
 
@@ -91,6 +96,7 @@ def run_package(pkg: SavePackage, *, from_snapshot: bool = True, wait: bool = Tr
     status = pkg.status()
     if status is Status.COMPLETED:
         return RunResult(pkg, status, _last_metrics(pkg))
+    pkg.check()  # a damaged file is one line before the package is touched (claimed, leased)
     if status.active and pkg.manifest().get("attempts"):
         raise PackageError(f"{pkg.path}: the run is {status.value} in a live process")
     cfg = pkg.config()
@@ -98,10 +104,12 @@ def run_package(pkg: SavePackage, *, from_snapshot: bool = True, wait: bool = Tr
     gpu = cfg.gpu
 
     def waiting() -> None:
-        pkg.set_status(Status.QUEUED, note=f"waiting for {gpu.count} GPU(s)")
+        pkg.set_status(Status.QUEUED, note=f"waiting for {gpu.count} GPU(s)", claim=True)
 
-    with place_job(int(gpu.count), int(gpu.mem_mb), int(gpu.max_jobs_per_gpu), bool(gpu.allow_cpu),
-                   owner=str(pkg.path.resolve()), on_wait=waiting, wait=wait) as placement:
+    # Claimed (QUEUED) from here: killed before the run leaves QUEUED, the package shows CRASHED.
+    claimed = pkg.claim()
+    with claimed, place_job(int(gpu.count), int(gpu.mem_mb), int(gpu.max_jobs_per_gpu), bool(gpu.allow_cpu),
+                            owner=str(pkg.path.resolve()), on_wait=waiting, wait=wait) as placement:
         acquired = time.time()
 
         def record_lease(m: dict[str, Any]) -> None:
@@ -155,7 +163,8 @@ def launch(
         launcher += ["-m", "torch.distributed.run", "--standalone", "--nnodes=1",
                      f"--nproc-per-node={processes}"]
     cmd = launcher + worker
-    proc = subprocess.run(cmd, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    with pkg.claim():  # a QUEUED package (a rerun's): killed before the child starts, it shows CRASHED
+        proc = subprocess.run(cmd, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     status = pkg.status()
     if proc.returncode != 0 or status is not Status.COMPLETED:
         error = pkg.manifest().get("error") or {}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import re
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 from expflow.atomic import atomic_write, atomic_write_json, remove_stale_temps
 from expflow.errors import CheckpointError
+from expflow.package.shapes import CHECKPOINT_INDEX, read_json
 
 TRACKS = ("fast", "slow", "persistent")
 _FILE_RE = re.compile(r"^step-(\d+)\.pt$")
@@ -37,10 +37,16 @@ class RetentionPolicy:
 
     def __post_init__(self) -> None:
         for name in ("fast_keep", "slow_every", "slow_keep"):
-            if getattr(self, name) < 0:
-                raise CheckpointError(f"checkpoint.{name} must be >= 0, got {getattr(self, name)}")
-        if self.persistent_keep is not None and self.persistent_keep < 0:
-            raise CheckpointError(f"checkpoint.persistent_keep must be >= 0 or null, got {self.persistent_keep}")
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise CheckpointError(f"checkpoint.{name} must be an integer >= 0, got {value!r}")
+        keep = self.persistent_keep
+        if keep is not None and (not _is_int(keep) or keep < 0):
+            raise CheckpointError(f"checkpoint.persistent_keep must be an integer >= 0 or null, got {keep!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -79,12 +85,16 @@ class CheckpointStore:
 
     # -- reading ---------------------------------------------------------------
     def _load_index(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.index_path.read_text())
-        except FileNotFoundError:
+        """The index, checked against its shape (every reader and writer goes through here)."""
+        index: dict[str, Any] = read_json(self.index_path, CHECKPOINT_INDEX, "checkpoint index",
+                                          error=CheckpointError, missing=None)
+        if index is None:
             return _empty_index()
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{self.index_path}: unreadable checkpoint index ({e})") from None
+        top = max((int(k) for k in index["checkpoints"]), default=0)
+        if index["next_number"] <= top:
+            raise CheckpointError(f"{self.index_path}: invalid checkpoint index: key 'next_number': expected more than "
+                                  f"every checkpoint number (up to {top}), got {index['next_number']}")
+        return index
 
     def list(self) -> list[CheckpointInfo]:
         index = self._load_index()

@@ -20,8 +20,9 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import asdict
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,12 @@ import yaml
 from filelock import FileLock
 
 from expflow.atomic import atomic_write_json, atomic_write_text
-from expflow.errors import PackageError
+from expflow.errors import CheckpointError, ExpflowError, PackageError
+from expflow.package import shapes
 from expflow.package.checkpoints import CheckpointStore, RetentionPolicy
 from expflow.package.codestore import CodeFile, CodeStore, code_fingerprint, link_or_copy
 from expflow.package.records import RecordScan, RecordWriter, scan_records
-from expflow.package.status import Status, derive_status, process_identity
+from expflow.package.status import Status, derive_status, is_claim, process_identity
 from expflow.package.versions import environment_versions, git_state
 
 FORMAT = "expflow.package/1"
@@ -120,12 +122,15 @@ class SavePackage:
         code_from: SavePackage | None = None,
         hydra_files: dict[str, str] | None = None,
         origin: dict[str, Any] | None = None,
+        claim: bool = False,
     ) -> SavePackage:
         """Materialize a new package. The manifest is written last: a directory without
         one is an interrupted creation, never a package.
 
         The code comes from ``code_root`` (snapshot of the working tree) or, for a
-        rerun, from another package's snapshot (``code_from``).
+        rerun, from another package's snapshot (``code_from``). ``claim``: this process
+        goes on to run the package (see :meth:`claim`); without it the package is pending,
+        for whoever runs it later (``expflow materialize``).
         """
         pkg = cls(path)
         if pkg.manifest_path.exists():
@@ -173,7 +178,8 @@ class SavePackage:
             "git": git,
             "versions": environment_versions(),
             "status": Status.QUEUED.value,
-            "status_history": [{"status": Status.QUEUED.value, "time": now, **process_identity()}],
+            "status_history": [{"status": Status.QUEUED.value, "time": now, **process_identity(),
+                                **({"note": "starting", "claim": True} if claim else {})}],
             "gpus": [],
             "device": None,
             "started": None,
@@ -202,14 +208,13 @@ class SavePackage:
 
     # -- manifest ----------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.manifest_path.read_text())
-        except FileNotFoundError:
-            raise PackageError(f"{self.path}: not a save-package (no {MANIFEST})") from None
-        except (OSError, ValueError) as e:
-            raise PackageError(f"{self.manifest_path}: unreadable manifest ({e})") from None
-        if not isinstance(data, dict):
-            raise PackageError(f"{self.manifest_path}: not a manifest (expected a JSON object)")
+        """The manifest, checked against its shape (:data:`expflow.package.shapes.MANIFEST`)."""
+        if not self.manifest_path.exists() and not self.manifest_path.is_symlink():
+            raise PackageError(f"{self.path}: not a save-package (no {MANIFEST})")
+        data = shapes.read_json(self.manifest_path, shapes.OBJECT, "manifest")
+        if data.get("format") != FORMAT:
+            raise PackageError(f"{self.manifest_path}: unknown package format {data.get('format')!r} (expected {FORMAT!r})")
+        shapes.check(data, shapes.MANIFEST, self.manifest_path, "manifest")
         return data
 
     @property
@@ -224,7 +229,10 @@ class SavePackage:
             atomic_write_json(self.manifest_path, m)
             return m
 
-    def set_status(self, status: Status, **fields: Any) -> dict[str, Any]:
+    def set_status(self, status: Status, *, claim: bool = False, **fields: Any) -> dict[str, Any]:
+        """Record ``status`` (an entry of ``status_history`` naming this process); ``note``
+        goes into the entry, the other ``fields`` into the manifest. ``claim`` (QUEUED):
+        this process is about to run the package (see :meth:`claim`)."""
         now = utc_now()
 
         def change(m: dict[str, Any]) -> None:
@@ -232,6 +240,8 @@ class SavePackage:
             entry = {"status": status.value, "time": now, **process_identity()}
             if "note" in fields:
                 entry["note"] = fields.pop("note")
+            if claim:
+                entry["claim"] = True
             m.setdefault("status_history", []).append(entry)
             if status is Status.RUNNING and not m.get("started"):
                 m["started"] = now
@@ -246,59 +256,166 @@ class SavePackage:
     def beat(self, **fields: Any) -> None:
         atomic_write_json(self.heartbeat_path, {"time": time.time(), **process_identity(), **fields})
 
-    def heartbeat(self) -> dict[str, Any] | None:
+    def read_heartbeat(self) -> tuple[dict[str, Any] | None, str | None]:
+        """(heartbeat, problem): a damaged heartbeat file is no heartbeat, and says why.
+
+        The heartbeat is liveness only (the live process rewrites it every few seconds), so
+        a damaged one never makes a package unusable: it is ignored and reported."""
         try:
-            return json.loads(self.heartbeat_path.read_text())
-        except (OSError, ValueError):
-            return None
+            return shapes.read_json(self.heartbeat_path, shapes.HEARTBEAT, "heartbeat", missing=None), None
+        except PackageError as e:
+            return None, e.one_line()
+
+    def heartbeat(self) -> dict[str, Any] | None:
+        return self.read_heartbeat()[0]
+
+    def recorded_status(self, m: dict[str, Any] | None = None) -> Status:
+        m = self.manifest() if m is None else m
+        try:
+            return Status(m.get("status"))
+        except ValueError:
+            raise PackageError(f"{self.manifest_path}: invalid manifest: key 'status': "
+                               f"unknown status {m.get('status')!r}") from None
+
+    def pending(self, m: dict[str, Any] | None = None) -> bool:
+        """QUEUED and never taken by a process (materialized for whoever runs it later)."""
+        m = self.manifest() if m is None else m
+        history = m.get("status_history") or [{}]
+        return self.recorded_status(m) is Status.QUEUED and not m.get("attempts") and not is_claim(history[-1])
 
     def status(self, heartbeat_timeout: float = 60.0) -> Status:
-        """The status as it is now: a recorded active status whose process died is CRASHED."""
+        """The status as it is now: a recorded active status whose process died is CRASHED.
+
+        Every active status names the process it is up to (the last ``status_history``
+        entry, or a newer heartbeat), QUEUED included once a process has claimed the
+        package; only a pending package (:meth:`pending`) names none and stays QUEUED.
+        """
         m = self.manifest()
-        try:
-            recorded = Status(m.get("status"))
-        except ValueError:
-            raise PackageError(f"{self.manifest_path}: unknown status {m.get('status')!r}") from None
+        recorded = self.recorded_status(m)
+        if self.pending(m):
+            return recorded
         history = m.get("status_history") or [{}]
-        waiting = str(history[-1].get("note") or "").startswith("waiting")
-        if recorded is Status.QUEUED and not m.get("attempts") and not waiting:
-            return recorded  # materialized, never started, nobody waiting on it: pending
         hb = self.heartbeat()
-        writer = history[-1]
-        if hb and hb.get("pid") and hb.get("time", 0) >= _iso_to_ts(writer.get("time")):
+        writer: dict[str, Any] = history[-1]
+        if hb and hb.get("pid") is not None and hb["time"] >= _iso_to_ts(writer.get("time")):
             writer = hb
-        return derive_status(recorded, writer, hb.get("time") if hb else None, heartbeat_timeout)
+        return derive_status(recorded, writer, hb["time"] if hb else None, heartbeat_timeout)
+
+    @contextmanager
+    def claim(self, note: str = "starting") -> Iterator[None]:
+        """Run the body as the process that takes this package to run it.
+
+        A QUEUED package is claimed first (a history entry naming this process, unless it
+        already names it): killed from then on before the run leaves QUEUED, the package
+        shows CRASHED, not pending. An exception out of the body while the claim is still
+        the package's last word (the run never got to PREPARING: no GPU, interrupted while
+        waiting) withdraws it: the package is pending again, with the reason as its note.
+        Not QUEUED: nothing to claim, the body just runs.
+        """
+        mine = self._claim(note)
+        try:
+            yield
+        except BaseException as e:
+            if mine:
+                self._withdraw_claim(e)
+            raise
+
+    def _claim(self, note: str) -> bool:
+        me = process_identity()
+        claimed = False
+
+        def change(m: dict[str, Any]) -> None:
+            nonlocal claimed
+            if m.get("status") != Status.QUEUED.value:
+                return
+            history = m.setdefault("status_history", [])
+            if history and is_claim(history[-1]) and _same_process(history[-1], me):
+                claimed = True
+                return
+            history.append({"status": Status.QUEUED.value, "time": utc_now(), **me, "note": note, "claim": True})
+            claimed = True
+
+        self.update_manifest(change)
+        return claimed
+
+    def _withdraw_claim(self, error: BaseException) -> None:
+        me = process_identity()
+        reason = error.one_line() if isinstance(error, ExpflowError) else (str(error) or error.__class__.__name__)
+
+        def change(m: dict[str, Any]) -> None:
+            history = m.get("status_history") or [{}]
+            if m.get("status") == Status.QUEUED.value and is_claim(history[-1]) and _same_process(history[-1], me):
+                m["status_history"].append({"status": Status.QUEUED.value, "time": utc_now(), **me,
+                                            "note": f"not started: {' '.join(reason.split())[:500]}"})
+
+        try:
+            self.update_manifest(change)
+        except Exception:  # the original error matters more than the withdrawal
+            pass
 
     # -- contents ------------------------------------------------------------------
     def config(self) -> Any:
-        from omegaconf import OmegaConf
+        from omegaconf import DictConfig, OmegaConf
 
         try:
-            return OmegaConf.load(self.config_path)
+            cfg = OmegaConf.load(self.config_path)
         except FileNotFoundError:
             raise PackageError(f"{self.config_path}: missing resolved config") from None
+        except IsADirectoryError:
+            raise PackageError(f"{self.config_path}: unreadable config (a directory, expected a YAML file)") from None
         except Exception as e:
             raise PackageError(f"{self.config_path}: unreadable config ({e.__class__.__name__})") from None
+        if not isinstance(cfg, DictConfig):
+            raise PackageError(f"{self.config_path}: not a valid config (expected a mapping, got a list)")
+        return cfg
 
     def code_files(self) -> list[CodeFile]:
+        listing = shapes.read_json(self.code_listing_path, shapes.CODE_LISTING, "code listing")
+        names = {f.name for f in fields(CodeFile)}
         try:
-            return [CodeFile(**e) for e in json.loads(self.code_listing_path.read_text())]
-        except (OSError, ValueError, TypeError) as e:
-            raise PackageError(f"{self.code_listing_path}: unreadable code listing ({e})") from None
+            return [CodeFile(**{k: v for k, v in e.items() if k in names}) for e in listing]
+        except TypeError as e:
+            raise PackageError(f"{self.code_listing_path}: invalid code listing ({e})") from None
 
-    def checkpoints(self, policy: RetentionPolicy | None = None) -> CheckpointStore:
-        if policy is None:
-            ck = (self.config().get("checkpoint") or {})
-            policy = RetentionPolicy(
+    def retention_policy(self) -> RetentionPolicy:
+        """The config's ``checkpoint`` section as a policy (its defaults where absent)."""
+        ck = self.config().get("checkpoint")
+        if ck is None:
+            ck = {}
+        if not hasattr(ck, "get"):
+            raise PackageError(f"{self.config_path}: invalid config: key 'checkpoint': expected a mapping")
+        try:
+            return RetentionPolicy(
                 fast_keep=ck.get("fast_keep", 2),
                 slow_every=ck.get("slow_every", 5),
                 slow_keep=ck.get("slow_keep", 2),
                 persistent_keep=ck.get("persistent_keep"),
             )
-        return CheckpointStore(self.checkpoints_dir, policy)
+        except CheckpointError as e:
+            raise CheckpointError(f"{self.config_path}: {e.one_line()}") from None
+
+    def checkpoints(self, policy: RetentionPolicy | None = None) -> CheckpointStore:
+        return CheckpointStore(self.checkpoints_dir, policy or self.retention_policy())
 
     def scan_records(self, strict: bool = False) -> RecordScan:
         return scan_records(self.records_path, strict=strict)
+
+    def check(self) -> None:
+        """Every file a run reads or appends to, checked before the package is touched:
+        one PackageError naming the first damaged file (and key). A damaged heartbeat is
+        not damage (see :meth:`read_heartbeat`); invalid metric record lines are reported
+        by :meth:`scan_records`, a torn last one is cut off by the next writer."""
+        self.recorded_status(self.manifest())
+        self.config()
+        self.code_files()
+        self.checkpoints().list()
+        for path, what in ((self.checkpoints_dir, "checkpoint directory"), (self.records_path.parent, "metrics directory"),
+                           (self.logs_dir, "log directory")):
+            shapes.expect_dir(path, what)
+        shapes.expect_file(self.records_path, "metric records")
+        if self.logs_dir.is_dir():
+            for p in sorted(self.logs_dir.glob("rank*.*")):
+                shapes.expect_file(p, "log")
 
     def record_writer(self) -> RecordWriter:
         return RecordWriter(self.records_path)
@@ -307,6 +424,10 @@ class SavePackage:
 def _max_epochs(config: dict[str, Any]) -> int | None:
     trainer = config.get("trainer") or {}
     return trainer.get("max_epochs") if isinstance(trainer, dict) else None
+
+
+def _same_process(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return all(a.get(k) == b.get(k) for k in ("host", "pid", "pid_started"))
 
 
 def _iso_to_ts(value: Any) -> float:

@@ -73,7 +73,40 @@ def decode_line(raw: bytes) -> dict[str, Any]:
         raise ValueError(f"bad JSON ({e.__class__.__name__})") from None
     if not isinstance(record, dict) or record.get("kind") not in ("metrics", "rollback"):
         raise ValueError("unknown record kind")
+    bad = _bad_key(record)
+    if bad:
+        raise ValueError(f"invalid {record['kind']} record: key {bad!r}")
     return record
+
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int
+
+
+def _is_number(v: Any) -> bool:
+    return type(v) is float or type(v) is int
+
+
+def _bad_key(record: dict[str, Any]) -> str | None:
+    """The first key of a (checksum-valid) record that is not of its kind's shape, if any."""
+    if "seq" in record and not _is_int(record["seq"]):
+        return "seq"
+    if "time" in record and not _is_number(record["time"]):
+        return "time"
+    if record["kind"] == "rollback":
+        return None if _is_int(record.get("to_step")) else "to_step"
+    if not _is_int(record.get("step")):
+        return "step"
+    epoch = record.get("epoch")
+    if epoch is not None and not _is_int(epoch):
+        return "epoch"
+    values = record.get("values")
+    if type(values) is not dict:
+        return "values"
+    for name, value in values.items():
+        if not _is_number(value):
+            return f"values.{name}"
+    return None
 
 
 def scan_records(path: str | os.PathLike[str], *, strict: bool = False) -> RecordScan:
@@ -88,6 +121,12 @@ def scan_records(path: str | os.PathLike[str], *, strict: bool = False) -> Recor
         data = path.read_bytes()
     except FileNotFoundError:
         return scan
+    except IsADirectoryError:
+        raise RecordError(f"{path}: unreadable metric records (a directory, expected the record file)") from None
+    except NotADirectoryError:
+        raise RecordError(f"{path}: unreadable metric records ({path.parent.name}/ is not a directory)") from None
+    except OSError as e:
+        raise RecordError(f"{path}: unreadable metric records ({e.strerror or e.__class__.__name__})") from None
     scan.size = len(data)
     offset = 0
     line_no = 0
@@ -187,7 +226,11 @@ class RecordWriter:
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RecordError(f"{self.path}: cannot create the metric record file "
+                              f"({self.path.parent.name}/: {e.strerror or e.__class__.__name__})") from None
         scan = scan_records(self.path)
         self._seq = max((r.get("seq", -1) for r in scan.records), default=-1) + 1
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

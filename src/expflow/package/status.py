@@ -30,6 +30,13 @@ def process_identity(pid: int | None = None) -> dict[str, object]:
     return {"host": HOST, "pid": proc.pid, "pid_started": round(proc.create_time(), 3)}
 
 
+def is_claim(entry: dict[str, object]) -> bool:
+    """A QUEUED history entry by a process that is about to run the package (it claimed
+    it, or waits for its GPUs), as opposed to the entry of a package materialized for
+    whoever runs it later."""
+    return entry.get("claim") is True or str(entry.get("note") or "").startswith("waiting")
+
+
 def process_alive(ident: dict[str, object]) -> bool | None:
     """True/False for a process of this host; None when it ran elsewhere (unknowable here)."""
     if ident.get("host") != HOST or not isinstance(ident.get("pid"), int):
