@@ -115,7 +115,7 @@ def test_sweep_runs_on_slurm_with_granted_gpus(slurm, tmp_path):
 
 
 def test_failure_is_reported_and_a_retry_continues(slurm, tmp_path):
-    wf = workflow(["seed=7 lifecycle._target_=crashy.CrashOnce", "seed=8 optim.lr=-1"],
+    wf = workflow(["seed=7 lifecycle._target_=crashy.CrashOnce", "seed=8 optim=sgd optim.optimizer.momentum=-1"],
                   ["trainer.max_epochs=4", "gpu.count=1"], retries=1)
     proj = make_project(tmp_path, wf, {"src/crashy.py": CRASHY})
     marker = tmp_path / "crashed"

@@ -137,8 +137,8 @@ def test_corrupt_checkpoint_is_one_line_and_keeps_the_package(tmp_path):
 
 def test_crash_in_training_code_marks_crashed_and_show_prints_it(tmp_path):
     runs = tmp_path / "runs"
-    # A negative learning rate passes the schema and fails inside torch: a crash of "user code".
-    proc = run_cli(*small_overrides(runs, "optim.lr=-1"), module="expflow.train")
+    # A negative momentum passes the config schema and fails inside torch: a crash of "user code".
+    proc = run_cli(*small_overrides(runs, "optim=sgd", "optim.optimizer.momentum=-1"), module="expflow.train")
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert "crashed" in proc.stderr
