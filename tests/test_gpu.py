@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from expflow.errors import ConfigError
-from expflow.gpu import LeaseError, LeaseTable, discover, lease_gpus, parse_simulated, place_job
+from expflow.gpu import (
+    Lease,
+    LeaseError,
+    LeaseTable,
+    discover,
+    lease_gpus,
+    parse_simulated,
+    place_job,
+)
+from expflow.package.status import HOST
 
 from .conftest import REPO
 
@@ -101,6 +112,259 @@ def test_lease_released_on_exception(sim):
     assert table.active() == []
 
 
+def wait_until(predicate, what: str, timeout: float = 60.0) -> None:
+    """Wait for a state of the table (not for time to pass); fail clearly if it never comes."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def queued(table: LeaseTable) -> int:
+    return len(table._read().waiters)
+
+
+class Waiter:
+    """lease_gpus in a thread of this process; the lease (or the error) arrives in ``result``."""
+
+    def __init__(self, table: LeaseTable, count: int = 1, *, owner: str, **kw):
+        self.result: queue.Queue = queue.Queue()
+        kw["owner"] = owner
+
+        def run():
+            try:
+                self.result.put(lease_gpus(count, kw.pop("mem_mb", 0), kw.pop("max_jobs", 1), table=table, **kw))
+            except Exception as e:
+                self.result.put(e)
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        wait_until(lambda: owner in [w.owner for w in table._read().waiters] or not self.result.empty(),
+                   f"{owner} to queue")
+
+    def get(self, timeout: float = 60.0):
+        value = self.result.get(timeout=timeout)
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    @property
+    def done(self) -> bool:
+        return not self.result.empty()
+
+
+def granted_to_waiters(table: LeaseTable) -> list[list[int]]:
+    """Devices of the leases a release handed to a queued thread (owner "w...")."""
+    return [le.devices for le in table._read().leases if le.owner.startswith("w")]
+
+
+def test_a_failed_try_does_not_rewrite_the_table(sim):
+    table = sim("1x1000")
+    held = lease_gpus(1, 0, 1, table=table, wait=False)
+    before = os.stat(table.path)
+    for _ in range(3):
+        with pytest.raises(LeaseError):
+            lease_gpus(1, 0, 1, table=table, wait=False)
+    after = os.stat(table.path)
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)
+    held.release()
+
+
+def test_a_waiter_sleeps_until_a_release_hands_it_the_device(sim, monkeypatch):
+    import expflow.gpu as gpu
+
+    table = sim("2x1000")
+    a = lease_gpus(1, 0, 1, table=table, wait=False, owner="main")
+    b = lease_gpus(1, 0, 1, table=table, wait=False, owner="main")
+    sleeps = []  # each time a waiter thread blocks until woken (or its fallback check is due)
+    real_select = gpu.select.select
+
+    class CountingSelect:
+        @staticmethod
+        def select(r, w, x, timeout=None):
+            if timeout and threading.current_thread() is not threading.main_thread():
+                sleeps.append(timeout)
+            return real_select(r, w, x, timeout)
+
+    monkeypatch.setattr(gpu, "select", CountingSelect)
+    w = Waiter(table, owner="w1")
+    wait_until(lambda: sleeps, "the waiter to block")
+    time.sleep(0.5)  # a polling waiter would wake here; this one sleeps until the release
+    assert len(sleeps) == 1 and sleeps[0] >= 1.0, sleeps
+    assert not w.done
+    b.release()
+    assert granted_to_waiters(table) == [b.devices]  # handed over by the release itself
+    lease = w.get()
+    assert lease.devices == b.devices and lease.pid == os.getpid() and lease.owner == "w1"
+    assert len(sleeps) == 1  # woken once, by the release
+    assert table._read().waiters == []
+    assert list(table.waiter_dir.iterdir()) == []  # its FIFO is gone
+    lease.release()
+    a.release()
+    assert table.active() == []
+
+
+def test_waiters_are_served_in_queue_order(sim):
+    table = sim("1x1000")
+    held = lease_gpus(1, 0, 1, table=table, wait=False, owner="main")
+    waiters = [Waiter(table, owner=f"w{i}") for i in range(3)]
+    with pytest.raises(LeaseError):  # a newcomer does not jump the queue
+        lease_gpus(1, 0, 1, table=table, wait=False)
+    order = []
+    held.release()
+    for _ in waiters:
+        wait_until(lambda: any(w.done for w in waiters if w not in order), "a grant")
+        (w,) = [w for w in waiters if w.done and w not in order]
+        order.append(w)
+        w.get().release()
+    assert order == waiters
+
+
+def test_a_multi_gpu_waiter_is_not_starved_by_single_gpu_ones(sim):
+    table = sim("2x1000")
+    a = lease_gpus(1, 0, 1, table=table, wait=False, owner="main")
+    b = lease_gpus(1, 0, 1, table=table, wait=False, owner="main")
+    big = Waiter(table, 2, owner="w-big")
+    small = Waiter(table, 1, owner="w-small")
+    a.release()
+    # The freed device is held back for the 2-GPU waiter, first in the queue: neither the
+    # single-GPU waiter behind it nor a newcomer may take it.
+    assert granted_to_waiters(table) == []
+    with pytest.raises(LeaseError):
+        lease_gpus(1, 0, 1, table=table, wait=False)
+    b.release()
+    assert granted_to_waiters(table) == [[0, 1]]
+    lease = big.get()
+    assert lease.devices == [0, 1] and not small.done
+    lease.release()
+    assert small.get().devices in ([0], [1])
+
+
+def test_a_single_gpu_waiter_may_use_devices_a_blocked_waiter_does_not_need(sim):
+    table = sim("3x1000")
+    held = [lease_gpus(1, 0, 1, table=table, wait=False, owner="main") for _ in range(3)]
+    big = Waiter(table, 2, owner="w-big")
+    small = Waiter(table, 1, owner="w-small")
+    held[0].release()  # held back for the 2-GPU waiter
+    assert granted_to_waiters(table) == []
+    held[1].release()  # the 2-GPU waiter's second device
+    assert granted_to_waiters(table) == [sorted(held[0].devices + held[1].devices)]
+    held[2].release()  # no one ahead needs it: the single-GPU waiter gets it
+    assert small.get().devices == held[2].devices
+    big.get().release()
+
+
+def test_multi_job_per_gpu_waiters_share_devices_within_memory(sim):
+    table = sim("2x10000")
+    a = lease_gpus(1, 6000, 2, table=table, wait=False, owner="main")
+    b = lease_gpus(1, 6000, 2, table=table, wait=False, owner="main")
+    assert (a.devices, b.devices) == ([0], [1])
+    w = Waiter(table, 1, mem_mb=5000, max_jobs=2, owner="w1")  # 6000 + 5000 > 10000 on both: waits
+    # It holds back device 0 (its first pick), not device 1, where a smaller job still fits.
+    c = lease_gpus(1, 3000, 2, table=table, wait=False, owner="main")
+    assert c.devices == [1] and not w.done
+    a.release()
+    assert w.get().devices == [0]
+    d = lease_gpus(1, 4000, 2, table=table, wait=False, owner="main")  # 5000 + 4000 fits beside the waiter
+    assert d.devices == [0]
+    with pytest.raises(LeaseError):
+        lease_gpus(1, 0, 2, table=table, wait=False)  # two jobs on each device
+    assert sorted(len(le.devices) for le in table.active()) == [1, 1, 1, 1]
+
+
+def test_a_job_that_asked_for_a_device_to_itself_keeps_it(sim):
+    table = sim("2x81920")
+    alone = lease_gpus(1, 1000, 1, table=table, wait=False)  # max_jobs_per_gpu=1: exclusive
+    shared = [lease_gpus(1, 1000, 4, table=table, wait=False) for _ in range(4)]
+    assert {d for le in shared for d in le.devices} == {1} != set(alone.devices)
+    with pytest.raises(LeaseError):
+        lease_gpus(1, 1000, 4, table=table, wait=False)  # device 0 is not shared, device 1 is full
+    alone.release()
+    assert lease_gpus(1, 1000, 4, table=table, wait=False).devices == [0]
+
+
+def test_a_waiter_that_times_out_leaves_the_queue(sim):
+    table = sim("1x1000")
+    held = lease_gpus(1, 0, 1, table=table, wait=False)
+    with pytest.raises(LeaseError, match=r"no 1 GPU\(s\) .* \(waited 0.2 s\)") as info:
+        lease_gpus(1, 0, 1, table=table, timeout=0.2)
+    assert "\n" not in str(info.value)
+    assert table._read().waiters == [] and list(table.waiter_dir.iterdir()) == []
+    held.release()
+    assert lease_gpus(1, 0, 1, table=table, wait=False).devices == [0]
+
+
+def test_a_table_of_an_earlier_version_is_read(sim):
+    table = sim("2x1000")
+    old = Lease(id="old", devices=[0], mem_mb=0, owner="old", host=HOST, pid=os.getpid(),
+                pid_started=None, time=time.time())
+    table.path.write_text(json.dumps([old.to_json()]))  # a bare list of leases
+    assert [le.id for le in table.active()] == ["old"]
+    assert lease_gpus(1, 0, 1, table=table, wait=False).devices == [1]
+
+
+def test_count_beyond_the_devices_with_enough_memory_fails_at_once(sim):
+    table = sim("1x81920,1x40960")
+    with pytest.raises(LeaseError, match="only 1 device"):
+        lease_gpus(2, 50000, 1, table=table)
+
+
+@pytest.mark.slow
+def test_grants_follow_each_waiters_cuda_visible_devices(sim):
+    table = sim("4x81920")
+    held = [lease_gpus(1, 0, 1, table=table, wait=False, owner="main") for _ in range(4)]
+    by_device = {le.devices[0]: le for le in held}
+    code = ("from expflow.gpu import lease_gpus; l = lease_gpus(1, 0, 1, owner='w-sub'); "
+            "print(l.cuda_visible_devices, flush=True); l.release()")
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="3")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        wait_until(lambda: queued(table) == 1, "the subprocess to queue")
+        by_device[0].release()  # not the waiter's to have, though this process could
+        assert granted_to_waiters(table) == []
+        by_device[3].release()
+        assert proc.stdout.readline().strip() == "3"
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    assert [d for le in table.active() for d in le.devices] == [1, 2]
+
+
+@pytest.mark.slow
+def test_a_killed_waiter_does_not_hold_the_queue(sim):
+    table = sim("2x81920")
+    held = [lease_gpus(1, 0, 1, table=table, wait=False, owner="main") for _ in range(2)]
+    code = "from expflow.gpu import lease_gpus; lease_gpus(2, 0, 1, owner='w-dead')"
+    dead = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ))
+    wait_until(lambda: queued(table) == 1, "the 2-GPU subprocess to queue")
+    dead.send_signal(signal.SIGKILL)
+    dead.wait()
+    small = Waiter(table, 1, owner="w-small")
+    held[0].release()  # the dead waiter first in the queue would hold this back; it is dropped instead
+    assert small.get().devices == held[0].devices
+    assert [w.owner for w in table._read().waiters] == []
+    assert not any(table.waiter_dir.iterdir())
+    held[1].release()
+
+
+@pytest.mark.slow
+def test_a_queued_waiter_reclaims_the_lease_of_a_holder_killed_meanwhile(sim):
+    table = sim("1x81920")
+    code = ("import time; from expflow.gpu import lease_gpus; "
+            "l = lease_gpus(1, 0, 1); print('leased', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+    assert holder.stdout.readline().strip() == "leased"
+    # poll=600: the waiter's own periodic check would come far too late; only its watch on
+    # the holder's process can hand it the device within the timeout.
+    w = Waiter(table, owner="w1", poll=600, timeout=120)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    lease = w.get(timeout=120)
+    assert lease.devices == [0] and [le.pid for le in table.active()] == [os.getpid()]
+    lease.release()
+
+
 @pytest.mark.slow
 def test_hundred_processes_never_share_a_device(sim, tmp_path):
     sim("4x81920")
@@ -124,6 +388,33 @@ def test_hundred_processes_never_share_a_device(sim, tmp_path):
         for (s1, e1), (s2, e2) in zip(spans, spans[1:], strict=False):
             assert s2 >= e1, f"device {d} assigned twice: {s1}-{e1} and {s2}-{e2}"
     assert LeaseTable().active() == []
+
+
+@pytest.mark.slow
+def test_mixed_leasers_keep_job_and_memory_limits(sim, tmp_path):
+    """1- and 2-GPU leasers with memory estimates and 3 jobs per device, all at once: at no
+    instant (of the intervals logged inside the leases) does a device hold more than 3
+    jobs or more memory than it has; the 2-GPU leasers are served too."""
+    sim("3x81920")
+    out = tmp_path / "intervals.jsonl"
+    kinds = [("1", "40000")] * 16 + [("2", "30000")] * 8
+    procs = [
+        subprocess.Popen([sys.executable, str(REPO / "tests" / "gpu_leaser.py"), str(out), "2", "0.05", count, mem, "3"],
+                         env=dict(os.environ))
+        for count, mem in kinds
+    ]
+    for p in procs:
+        assert p.wait(timeout=300) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 48 and sum(len(r["devices"]) == 2 for r in rows) == 16
+    for device in range(3):
+        events = sorted([(r["start"], 1, r["mem_mb"]) for r in rows if device in r["devices"]]
+                        + [(r["end"], -1, -r["mem_mb"]) for r in rows if device in r["devices"]])
+        jobs = mem = 0
+        for _, dj, dm in events:  # an end sorts before a start at the same instant
+            jobs, mem = jobs + dj, mem + dm
+            assert jobs <= 3 and mem <= 81920, f"device {device}: {jobs} jobs, {mem} MiB at once"
+    assert LeaseTable().active() == [] and LeaseTable()._read().waiters == []
 
 
 @pytest.mark.slow
