@@ -3,6 +3,7 @@ fsync of the directory. A reader sees the old content or the new, never a mix.""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -34,10 +35,17 @@ _FILE_MODE = 0o666 & ~_umask()
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> None:
-    """Call ``write(f)`` on a temp file, then move it over ``path`` atomically."""
+    """Call ``write(f)`` on a temp file, then move it over ``path`` atomically.
+
+    A failed write (full disk, read-only file system, ...) leaves ``path`` as it was and
+    raises :class:`expflow.paths.WriteError` naming ``path`` and what is wrong.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _write_error(e, path) from None
     try:
         os.fchmod(fd, _FILE_MODE)  # mkstemp's 0600 would make packages unreadable to others
         with os.fdopen(fd, "wb") as f:
@@ -45,13 +53,26 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
-        except FileNotFoundError:
+        except OSError:
             pass
+        if isinstance(e, OSError):
+            raise _write_error(e, path) from None
         raise
     fsync_dir(path.parent)
+
+
+def _write_error(error: OSError, path: Path) -> OSError:
+    """``error`` as a WriteError naming ``path`` (not the temp file the error may name)."""
+    from expflow.paths import WriteError, write_error
+
+    if isinstance(error, WriteError):
+        return error
+    if error.filename and error.errno not in (errno.ENOTDIR, errno.EEXIST):
+        error = OSError(error.errno, error.strerror)
+    return write_error(error, path)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

@@ -13,18 +13,33 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class Tee(io.TextIOBase):
+    """Writes to ``stream`` and ``file``; a log file that fails (a full disk) is dropped, the
+    terminal keeps every line (the run itself stops at its next record or checkpoint write)."""
+
     def __init__(self, stream: IO[str], file: IO[str]):
         self.stream = stream
-        self.file = file
+        self.file: IO[str] | None = file
+        self.failed: OSError | None = None
 
     def write(self, s: str) -> int:
         self.stream.write(s)
-        self.file.write(s)
+        if self.file is not None:
+            try:
+                self.file.write(s)
+            except OSError as e:
+                self._drop(e)
         return len(s)
 
     def flush(self) -> None:
         self.stream.flush()
-        self.file.flush()
+        if self.file is not None:
+            try:
+                self.file.flush()
+            except OSError as e:
+                self._drop(e)
+
+    def _drop(self, error: OSError) -> None:
+        self.failed, self.file = error, None
 
     def isatty(self) -> bool:
         return self.stream.isatty()
@@ -41,15 +56,25 @@ class RankLogs:
     """Tee this process's stdout/stderr into the package's per-rank log files (appending)."""
 
     def __init__(self, logs_dir: Path, rank: int):
-        logs_dir.mkdir(parents=True, exist_ok=True)
+        from expflow.paths import writing
+
+        with writing(logs_dir):
+            logs_dir.mkdir(parents=True, exist_ok=True)
         self.out_path = logs_dir / f"rank{rank}.out"
         self.err_path = logs_dir / f"rank{rank}.err"
         self.out: IO[str] | None = None
         self.err: IO[str] | None = None
 
     def __enter__(self) -> RankLogs:
-        self.out = open(self.out_path, "a", buffering=1, encoding="utf-8")
-        self.err = open(self.err_path, "a", buffering=1, encoding="utf-8")
+        from expflow.paths import writing
+
+        with writing(self.out_path):
+            self.out = open(self.out_path, "a", buffering=1, encoding="utf-8")
+            try:
+                self.err = open(self.err_path, "a", buffering=1, encoding="utf-8")
+            except BaseException:
+                self.out.close()
+                raise
         self._saved = (sys.stdout, sys.stderr)
         self.terminal = sys.stdout
         sys.stdout = Tee(sys.stdout, self.out)  # type: ignore[assignment]
@@ -60,7 +85,10 @@ class RankLogs:
         sys.stdout, sys.stderr = self._saved
         for f in (self.out, self.err):
             if f is not None:
-                f.close()
+                try:
+                    f.close()
+                except OSError:  # its last lines did not fit (a full disk): the terminal had them
+                    pass
 
 
 class ProgressReporter:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from expflow.errors import ExpflowError
+from expflow.paths import check_writable, write_error, writing
 
 EXAMPLES_PACKAGE = "expflow.examples"
 SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
@@ -199,10 +200,13 @@ def create_project(target: str | Path, example: str = "digits", name: str | None
         raise ScaffoldError(f"--example {example}: unknown; valid: {', '.join(EXAMPLES)}")
     spec = EXAMPLES[example]
     target = Path(target)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise ScaffoldError(f"{target}: exists and is not an empty directory")
+    with writing(target):
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise ScaffoldError(f"{target}: exists and is not an empty directory")
     name = project_name(target.resolve(), name)
     root = source_root()
+    # The project is built next to the target and renamed into place: its parent must take files.
+    check_writable(target.parent if target.exists() else target)
     staging = target.parent / f".{target.name}.new"
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -225,8 +229,13 @@ def create_project(target: str | Path, example: str = "digits", name: str | None
         if target.exists():
             target.rmdir()
         staging.rename(target)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(e, OSError):  # a full disk, a read-only place: one line naming the path
+            error = write_error(e, staging)
+            if staging.absolute() in error.path.absolute().parents:
+                error.path = target  # a file of the staging directory, now gone: the project failed
+            raise error from None
         raise
     return target
 

@@ -47,9 +47,13 @@ def main(cfg: DictConfig) -> dict[str, float]:
 
 def cli() -> None:
     from expflow.config.argv import check_argv
+    from expflow.paths import check_run_paths
 
     try:
-        check_argv(sys.argv[1:])
+        args = check_argv(sys.argv[1:])
+        if not args.info_only:  # before Hydra creates the run's directory under paths.runs
+            check_run_paths(args.overrides, config_dir=args.config_dir, config_name=args.config_name,
+                            multirun=args.multirun)
     except ExpflowError as e:
         _fail(e)
     main()

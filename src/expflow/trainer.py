@@ -8,6 +8,7 @@ in child processes: under torchrun for DDP, or from the package's code snapshot
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -24,6 +25,13 @@ from omegaconf import DictConfig, OmegaConf
 from expflow.errors import CheckpointError, ExpflowError, PackageError, RunCrashed
 from expflow.package import SavePackage, Status
 from expflow.package.records import RecordWriter
+from expflow.paths import (
+    WRITE_ONLY_ERRNOS,
+    WriteError,
+    check_package_writable,
+    check_writable,
+    write_error,
+)
 
 CHECKPOINT_FORMAT = 1
 
@@ -60,6 +68,9 @@ def create_package(
         cfg.run_id = Path(package_dir).name
     container = resolve(cfg)
     code = container["code"]
+    # Where the package and the code store go must take files: one line naming the path if not.
+    check_writable(Path(package_dir).parent, what="paths.runs")
+    check_writable(container["paths"]["store"], what="paths.store")
     return SavePackage.create(
         package_dir,
         config=container,
@@ -99,6 +110,7 @@ def run_package(pkg: SavePackage, *, from_snapshot: bool = True, wait: bool = Tr
     pkg.check()  # a damaged file is one line before the package is touched (claimed, leased)
     if status.active and pkg.manifest().get("attempts"):
         raise PackageError(f"{pkg.path}: the run is {status.value} in a live process")
+    check_package_writable(pkg.path)  # before anything is written to it
     cfg = pkg.config()
     resume = "latest" if pkg.manifest().get("attempts") else None
     gpu = cfg.gpu
@@ -148,6 +160,7 @@ def launch(
 ) -> RunResult:
     """Run ``pkg`` in child processes: torchrun for ``trainer.processes > 1``; with
     ``from_snapshot`` the package's own code comes first on the import path."""
+    check_package_writable(pkg.path)  # a read-only or full package: one line here, no child started
     cfg = pkg.config()
     env = dict(os.environ, **(extra_env or {}))
     if from_snapshot:
@@ -264,12 +277,19 @@ def execute(pkg: SavePackage, *, resume: str | int | None = None) -> RunResult:
             return _execute(pkg, resume, env, logs)
         except RunCrashed:
             raise
+        except WriteError as e:
+            raise write_error(e, hint=_write_hint(pkg, e)) from None
         except ExpflowError:
             raise
         except BaseException as e:
+            if isinstance(e, OSError) and e.errno in WRITE_ONLY_ERRNOS:  # a write outside expflow's own
+                raise write_error(e, hint=_write_hint(pkg, e)) from None
             assert logs.err is not None
-            logs.err.write(traceback.format_exc())
-            logs.err.flush()
+            try:
+                logs.err.write(traceback.format_exc())
+                logs.err.flush()
+            except OSError:
+                pass
             if isinstance(e, (KeyboardInterrupt, Terminated)):
                 raise RunCrashed(f"run {pkg.run_id} interrupted: {e or 'Ctrl-C'} (continue it with `expflow continue {pkg.path}`)") from None
             raise RunCrashed(
@@ -292,6 +312,7 @@ def _execute(pkg: SavePackage, resume: str | int | None, env: Any, logs: Any) ->
     writer = pkg.record_writer() if main else None
     heartbeat = Heartbeat(pkg, float(cfg.trainer.heartbeat_s)) if main else None
     tracker = None
+    failed = False
     try:
         if main:
             kind = "continue" if resume is not None else "train"
@@ -318,6 +339,7 @@ def _execute(pkg: SavePackage, resume: str | int | None, env: Any, logs: Any) ->
             tracker.finish("COMPLETED")
         return RunResult(pkg, Status.COMPLETED, dict(run.state.metrics))
     except BaseException as e:
+        failed = True
         if main:
             try:
                 pkg.set_status(
@@ -336,7 +358,12 @@ def _execute(pkg: SavePackage, resume: str | int | None, env: Any, logs: Any) ->
         if heartbeat is not None:
             heartbeat.stop()
         if writer is not None:
-            writer.close()
+            try:
+                writer.close()
+            except Exception:
+                if not failed:
+                    raise
+                # else the run's own error is the one to report (often the same full disk)
         distributed.shutdown()
 
 
@@ -557,6 +584,12 @@ def _checkpoint_to_resume(pkg: SavePackage, resume: str | int) -> tuple[Any, dic
     if ck.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{store.dir / info.file}: unknown checkpoint format {ck.get('format')!r}")
     return info, ck
+
+
+def _write_hint(pkg: SavePackage, error: OSError) -> str:
+    fix = "free some space" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "make it writable"
+    return (f"the run stopped with its checkpoints and records intact; {fix}, then "
+            f"`expflow continue {pkg.path}`")
 
 
 def _now() -> str:

@@ -38,6 +38,7 @@ from expflow.package.codestore import CodeFile, CodeStore, code_fingerprint, lin
 from expflow.package.records import RecordScan, RecordWriter, scan_records
 from expflow.package.status import Status, derive_status, is_claim, process_identity
 from expflow.package.versions import environment_versions, git_state
+from expflow.paths import translate_write_errors
 
 FORMAT = "expflow.package/1"
 MANIFEST = "manifest.json"
@@ -109,6 +110,7 @@ class SavePackage:
 
     # -- creation ------------------------------------------------------------------
     @classmethod
+    @translate_write_errors  # a full disk or read-only place mid-creation: one line naming the path
     def create(
         cls,
         path: str | os.PathLike[str],

@@ -343,7 +343,10 @@ class RecordWriter:
     def sync(self) -> None:
         """Flush, then fsync: acknowledged records survive a power loss too."""
         self.flush()
-        os.fsync(self._fd)
+        try:
+            os.fsync(self._fd)
+        except OSError as e:
+            raise self._write_error(e) from None
 
     def close(self) -> None:
         if self._fd < 0:
@@ -357,23 +360,36 @@ class RecordWriter:
                 self._thread.join()
             failed = self._error
             if failed is None:
-                os.fsync(self._fd)
+                try:
+                    os.fsync(self._fd)
+                except OSError as e:
+                    failed = e
         finally:
             os.close(self._fd)
             self._fd = -1
             self._error = _Closed(f"{self.path}: the record writer is closed")
         if failed is not None:
-            raise OSError(f"{self.path}: the record writer failed: {failed}") from failed
+            raise self._write_error(failed) from None
 
     def _raise_writer_error(self) -> None:
         if isinstance(self._error, _Closed):
             raise ValueError(str(self._error))
-        raise OSError(f"{self.path}: the record writer failed: {self._error}") from self._error
+        raise self._write_error(self._error) from None  # type: ignore[arg-type]
+
+    def _write_error(self, error: BaseException) -> Exception:
+        """The writer's failure as one line: a WriteError naming the file for an OSError
+        (a full disk, a read-only file system)."""
+        from expflow.paths import write_error
+
+        if isinstance(error, OSError):
+            return write_error(error, self.path, what="the record writer failed")
+        return OSError(f"{self.path}: the record writer failed: {error.__class__.__name__}: {error}")
 
     # -- the writer thread -----------------------------------------------------------------
     def _drain_forever(self) -> None:
         wake, lock = self._wake, self._lock
         try:
+            end = os.fstat(self._fd).st_size  # whole lines up to here (only this thread appends)
             while True:
                 if not self._pending:
                     if self._closing:
@@ -387,8 +403,19 @@ class RecordWriter:
                 with lock:
                     lines, self._pending = self._pending, []
                 data = b"".join(lines)
-                while data:  # a short write (e.g. a full disk that recovers) continues where it stopped
-                    data = data[os.write(self._fd, data):]
+                size = len(data)
+                try:
+                    while data:  # a short write (e.g. a full disk that recovers) continues where it stopped
+                        data = data[os.write(self._fd, data):]
+                except OSError:
+                    # Failed part-way (a full disk): cut the part written off, so the file stays
+                    # whole lines (none of these lines was acknowledged).
+                    try:
+                        os.ftruncate(self._fd, end)
+                    except OSError:
+                        pass
+                    raise
+                end += size
                 with self._done:
                     self._written += len(lines)
                     self._done.notify_all()
