@@ -38,4 +38,4 @@ rule align:
         "../envs/expflow.yaml"
     shell:
         'expflow align "{input.spec}" --out "{params.out}" --workflow-runs "{params.runs}" '
-        '--run-ids "{params.run_ids}" {params.options} > {log} 2>&1'
+        '--run-ids "{params.run_ids}" {params.options} > {log} 2>&1' + ON_FAILURE

@@ -17,5 +17,6 @@ rule analyze:
     conda:
         "../envs/expflow.yaml"
     shell:
-        'expflow analyze "$(dirname {input.done})" {wildcards.script} --gpus {resources.gpu} > {log} 2>&1 '
-        "&& touch {output.done}"
+        'expflow analyze "$(dirname {input.done})" {wildcards.script} --gpus {resources.gpu} > {log} 2>&1'
+        + ON_FAILURE
+        + "; touch {output.done}"

@@ -17,4 +17,4 @@ rule package:
         "../envs/expflow.yaml"
     shell:
         'expflow materialize --runs "$(dirname "$(dirname {output.config})")" '
-        "--config-dir {params.config_dir} --run-id {wildcards.run} -- {params.overrides} > {log} 2>&1"
+        "--config-dir {params.config_dir} --run-id {wildcards.run} -- {params.overrides} > {log} 2>&1" + ON_FAILURE
