@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -60,3 +61,30 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
     assert len(lines) == 1, f"expected one line, got:\n{err}"
     for n in needles:
         assert n in lines[0], f"{n!r} not in {lines[0]!r}"
+
+
+def tree_digest(root: Path, *, modes: bool = False) -> dict[str, str]:
+    """Every path under ``root`` with its content hash (or kind), and its mode if asked:
+    equal before and after means the tree is unchanged."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_symlink():
+            out[rel] = "link:" + os.readlink(p)
+        elif p.is_dir():
+            out[rel] = "dir"
+        else:
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() + (f":{p.stat().st_mode:o}" if modes else "")
+    return out
+
+
+def read_terminal(master: int, into: bytearray) -> None:
+    """Append everything a child writes to its pseudo-terminal, until it closes it."""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            return
+        if not chunk:
+            return
+        into.extend(chunk)

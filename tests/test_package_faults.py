@@ -6,7 +6,6 @@ continued only with --force (or an explicit --checkpoint)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,7 +26,7 @@ from expflow.package import SavePackage, Status, effective_metrics
 from expflow.package.status import HOST, process_identity
 from expflow.status_board import Board
 
-from .conftest import CONF, REPO, assert_one_line_error, run_cli, small_overrides
+from .conftest import CONF, REPO, assert_one_line_error, run_cli, small_overrides, tree_digest
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -35,21 +34,6 @@ def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    """Every path under ``root`` with its content hash (or kind): equal before and after
-    means the package is unchanged."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if p.is_symlink():
-            out[rel] = "link:" + os.readlink(p)
-        elif p.is_dir():
-            out[rel] = "dir"
-        else:
-            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() + f":{p.stat().st_mode:o}"
-    return out
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -211,11 +195,11 @@ FAULTS = [
 def test_damaged_file_is_one_line_and_the_package_is_unchanged(tmp_path, capsys, damage, needles, show_fails):
     pkg = crashed_package(tmp_path)
     damage(pkg)
-    before = tree_digest(pkg.path)
+    before = tree_digest(pkg.path, modes=True)
 
     code, out, err = cli(capsys, "continue", str(pkg.path))
     assert_one_line(code, out, err, *needles)
-    assert tree_digest(pkg.path) == before
+    assert tree_digest(pkg.path, modes=True) == before
 
     code, out, err = cli(capsys, "show", str(pkg.path))
     if show_fails:
@@ -225,7 +209,7 @@ def test_damaged_file_is_one_line_and_the_package_is_unchanged(tmp_path, capsys,
     code, out2, err = cli(capsys, "show", str(pkg.path), "--json")
     assert "Traceback" not in out2 + err
     assert code == (2 if show_fails else 0)
-    assert tree_digest(pkg.path) == before
+    assert tree_digest(pkg.path, modes=True) == before
 
 
 def test_show_renders_the_rest_of_a_package_with_a_damaged_index(tmp_path, capsys):
@@ -244,7 +228,7 @@ def test_show_renders_the_rest_of_a_package_with_a_damaged_index(tmp_path, capsy
 def test_damaged_heartbeat_is_no_heartbeat_and_is_reported(tmp_path, capsys, heartbeat):
     pkg = crashed_package(tmp_path)
     pkg.heartbeat_path.write_text(heartbeat)
-    before = tree_digest(pkg.path)
+    before = tree_digest(pkg.path, modes=True)
     assert pkg.heartbeat() is None
     assert pkg.status() is Status.CRASHED  # the recorded process is dead either way
     code, out, err = cli(capsys, "show", str(pkg.path))
@@ -253,7 +237,7 @@ def test_damaged_heartbeat_is_no_heartbeat_and_is_reported(tmp_path, capsys, hea
     info = json.loads(cli(capsys, "show", str(pkg.path), "--json")[1])
     assert info["heartbeat"] is None and "heartbeat.json" in info["warnings"][0]
     assert [r.status for r in Board(pkg.path.parent).rows()] == ["CRASHED"]
-    assert tree_digest(pkg.path) == before
+    assert tree_digest(pkg.path, modes=True) == before
 
 
 def test_damaged_heartbeat_of_a_live_remote_run_leaves_it_running(tmp_path):
@@ -273,9 +257,9 @@ def test_damaged_heartbeat_of_a_live_remote_run_leaves_it_running(tmp_path):
 def test_damaged_package_through_the_real_cli(tmp_path, command, damage, needles):
     pkg = crashed_package(tmp_path)
     damage(pkg)
-    before = tree_digest(pkg.path)
+    before = tree_digest(pkg.path, modes=True)
     assert_one_line_error(run_cli(command, str(pkg.path)), *needles)
-    assert tree_digest(pkg.path) == before
+    assert tree_digest(pkg.path, modes=True) == before
 
 
 def test_the_board_skips_a_damaged_package_with_its_reason(tmp_path):
@@ -326,10 +310,10 @@ def test_materialized_package_stays_pending_even_when_its_creator_is_gone(tmp_pa
     assert pkg.pending() and pkg.status() is Status.QUEUED
     [row] = Board(pkg.path.parent).rows()
     assert (row.status, row.note) == ("QUEUED", "not started")
-    before = tree_digest(pkg.path)
+    before = tree_digest(pkg.path, modes=True)
     code, out, err = cli(capsys, "continue", str(pkg.path))
     assert_one_line(code, out, err, "never started", "expflow run")
-    assert tree_digest(pkg.path) == before
+    assert tree_digest(pkg.path, modes=True) == before
     code, out, err = cli(capsys, "show", str(pkg.path))
     assert code == 0 and "QUEUED (not started)" in out
 
@@ -394,12 +378,12 @@ def test_completed_package_without_checkpoints_refuses_with_and_without_force(tm
     pkg.update_manifest(lambda m: m.setdefault("attempts", []).append({"kind": "train", "time": m["created"]}))
     pkg.set_status(Status.RUNNING)
     pkg.set_status(Status.COMPLETED)
-    before = tree_digest(pkg.path)
+    before = tree_digest(pkg.path, modes=True)
     code, out, err = cli(capsys, "continue", str(pkg.path))
     assert_one_line(code, out, err, "already COMPLETED", "--force")
     code, out, err = cli(capsys, "continue", str(pkg.path), "--force")
     assert_one_line(code, out, err, "COMPLETED", "no checkpoint")
-    assert tree_digest(pkg.path) == before
+    assert tree_digest(pkg.path, modes=True) == before
 
 
 # -- real runs ------------------------------------------------------------------------------
@@ -426,11 +410,11 @@ def points(pkg: SavePackage) -> list[tuple[int, dict]]:
 def test_completed_package_is_continued_only_with_force(trained, tmp_path):
     pkg = copy_of(trained, tmp_path)
     assert pkg.status() is Status.COMPLETED and pkg.checkpoints().list()
-    before = tree_digest(pkg.path)
+    before = tree_digest(pkg.path, modes=True)
     proc = run_cli("continue", str(pkg.path))
     assert_one_line_error(proc, str(pkg.path), "already COMPLETED", "--force")
     assert proc.returncode == 2 and proc.stdout == ""
-    assert tree_digest(pkg.path) == before
+    assert tree_digest(pkg.path, modes=True) == before
 
     ref = points(pkg)
     latest = pkg.checkpoints().latest()

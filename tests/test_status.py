@@ -18,7 +18,7 @@ import pytest
 from expflow.package import SavePackage, Status
 from expflow.status_board import Board, parse_statuses, select
 
-from .conftest import REPO, assert_one_line_error, run_cli, small_overrides
+from .conftest import REPO, assert_one_line_error, read_terminal, run_cli, small_overrides
 
 
 def fake_package(runs: Path, name: str, *, overrides: tuple[str, ...] = (), config: dict | None = None,
@@ -126,18 +126,7 @@ def test_status_watch_refreshes_until_interrupted(tmp_path):
                              "--interval", "0.2"], stdin=slave, stdout=slave, stderr=slave, env=env)
     os.close(slave)
     screen = bytearray()
-
-    def read() -> None:
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                return
-            if not chunk:
-                return
-            screen.extend(chunk)
-
-    reader = threading.Thread(target=read, daemon=True)
+    reader = threading.Thread(target=read_terminal, args=(master, screen), daemon=True)
     reader.start()
     try:
         wait_for(lambda: b"w1" in screen, 120, "the first refresh")

@@ -10,7 +10,7 @@ import pytest
 
 from expflow.package import SavePackage, Status, effective_metrics
 
-from .conftest import REPO, assert_one_line_error, run_cli, small_overrides
+from .conftest import REPO, assert_one_line_error, read_terminal, run_cli, small_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -163,15 +163,8 @@ def test_progress_bar_on_a_terminal_plain_lines_in_the_log(tmp_path):
     env = dict(os.environ, TERM="xterm-256color", COLUMNS="100")
     proc = subprocess.Popen(cmd, cwd=REPO, stdin=slave, stdout=slave, stderr=slave, env=env)
     os.close(slave)
-    out = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        out += chunk
+    out = bytearray()
+    read_terminal(master, out)
     os.close(master)
     assert proc.wait(timeout=120) == 0, out.decode(errors="replace")[-2000:]
     terminal = out.decode(errors="replace")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import hashlib
 import json
 import os
 import pickle
@@ -33,26 +32,12 @@ from expflow.errors import ExpflowError, PackageError
 from expflow.package import SavePackage, Status
 from expflow.paths import WriteError, check_writable, filesystem_type
 
-from .conftest import REPO, assert_one_line_error, run_cli, small_overrides
+from .conftest import REPO, assert_one_line_error, run_cli, small_overrides, tree_digest
 
 PY = shlex.quote(sys.executable)
 
 
 # -- helpers ----------------------------------------------------------------------------
-def digest(root: Path) -> dict[str, str]:
-    """Every path under ``root`` with its content hash: equal before and after means unchanged."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if p.is_symlink():
-            out[rel] = "link:" + os.readlink(p)
-        elif p.is_dir():
-            out[rel] = "dir"
-        else:
-            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
 @functools.lru_cache(maxsize=1)
 def _namespace_prefix() -> tuple[str, ...] | None:
     """A command prefix giving a private mount namespace in which mounts are allowed, or None."""
@@ -244,7 +229,7 @@ def test_read_only_runs_directory(tmp_path):
     runs = tmp_path / "runs"
     (runs / "old").mkdir(parents=True)
     (runs / "old" / "notes.txt").write_text("kept\n")
-    before = digest(runs)
+    before = tree_digest(runs)
     out = tmp_path / "out"
     train = " ".join(q(a) for a in small_overrides(runs))
     confined(f"""
@@ -255,7 +240,7 @@ run materialize $PY -m expflow.cli materialize --runs {q(runs)} trainer=debug gp
 """, out)
     for name in ("train", "materialize"):
         assert_one_line_error(result(out, name), f"cannot write {runs}: read-only file system")
-    assert digest(runs) == before
+    assert tree_digest(runs) == before
 
 
 @pytest.mark.slow
@@ -278,7 +263,7 @@ run again $PY -m expflow.cli materialize --runs {q(disk / "more")} trainer=debug
 @pytest.mark.slow
 def test_read_only_package_is_not_continued(tmp_path, crashed):
     pkg = copy_package(crashed, tmp_path / "runs" / "c1")
-    before = digest(pkg)
+    before = tree_digest(pkg)
     out = tmp_path / "out"
     confined(f"""
 mount --bind {q(pkg)} {q(pkg)}
@@ -290,7 +275,7 @@ run worker $PY -m expflow.worker {q(pkg)} --resume latest
     assert_one_line_error(result(out, "continue"), f"cannot write {pkg}: read-only file system")
     assert_one_line_error(result(out, "run"), f"cannot write {pkg}: read-only file system")
     assert_one_line_error(result(out, "worker"), f"cannot write {pkg}", "read-only file system")
-    assert digest(pkg) == before
+    assert tree_digest(pkg) == before
     assert SavePackage.open(pkg).status() is Status.CRASHED
 
 
@@ -312,9 +297,9 @@ cp -a {q(pkg)} "$OUT/after-worker"
     assert_one_line_error(result(out, "continue"), f"cannot write {pkg}: no space left on device")
     assert_one_line_error(result(out, "worker"), f"cannot write {pkg}/", "no space left on device",
                           f"expflow continue {pkg}")
-    before = digest(crashed)
-    assert digest(out / "after-continue") == before
-    assert digest(out / "after-worker") == before
+    before = tree_digest(crashed)
+    assert tree_digest(out / "after-continue") == before
+    assert tree_digest(out / "after-worker") == before
 
 
 @pytest.mark.slow
@@ -344,7 +329,7 @@ cp -a {q(pkg)} "$OUT/after-again"
     if os.sysconf("SC_PAGE_SIZE") == 4096:  # larger pages: the disk may run out before the checkpoint
         assert f"{pkg}/checkpoints/step-" in failed.stderr
     after = out / "after-continue"
-    before, now = digest(crashed), digest(after)
+    before, now = tree_digest(crashed), tree_digest(after)
     for rel in before:  # checkpoints, index, config, code: as they were
         if rel.split("/")[0] in ("checkpoints", "code", ".hydra") or rel in ("config.yaml", "code.json"):
             assert now.get(rel) == before[rel], rel

@@ -359,12 +359,11 @@ class SavePackage:
     def config(self) -> Any:
         from omegaconf import DictConfig, OmegaConf
 
+        data = shapes.read_bytes(self.config_path, "config", "a YAML file")
+        if data is None:
+            raise PackageError(f"{self.config_path}: missing resolved config")
         try:
-            cfg = OmegaConf.load(self.config_path)
-        except FileNotFoundError:
-            raise PackageError(f"{self.config_path}: missing resolved config") from None
-        except IsADirectoryError:
-            raise PackageError(f"{self.config_path}: unreadable config (a directory, expected a YAML file)") from None
+            cfg = OmegaConf.create(data.decode("utf-8"))
         except Exception as e:
             raise PackageError(f"{self.config_path}: unreadable config ({e.__class__.__name__})") from None
         if not isinstance(cfg, DictConfig):

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from expflow.errors import RecordError
+from expflow.package.shapes import read_bytes
 
 
 @dataclass(frozen=True)
@@ -117,16 +118,9 @@ def scan_records(path: str | os.PathLike[str], *, strict: bool = False) -> Recor
     """
     path = Path(path)
     scan = RecordScan()
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    data = read_bytes(path, "metric records", "the record file", error=RecordError)
+    if data is None:
         return scan
-    except IsADirectoryError:
-        raise RecordError(f"{path}: unreadable metric records (a directory, expected the record file)") from None
-    except NotADirectoryError:
-        raise RecordError(f"{path}: unreadable metric records ({path.parent.name}/ is not a directory)") from None
-    except OSError as e:
-        raise RecordError(f"{path}: unreadable metric records ({e.strerror or e.__class__.__name__})") from None
     scan.size = len(data)
     offset = 0
     line_no = 0

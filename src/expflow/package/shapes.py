@@ -303,6 +303,23 @@ def _reason(e: OSError) -> str:
     return e.strerror or e.__class__.__name__
 
 
+def read_bytes(path: str | os.PathLike[str], what: str, expected: str, *,
+               error: type[PackageError] = PackageError) -> bytes | None:
+    """The bytes of ``path``, or None when it does not exist; anything else in the way (a
+    directory, a parent that is a file, no permission) is one ``error`` naming the file."""
+    path = Path(path)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise error(f"{path}: unreadable {what} (a directory, expected {expected})") from None
+    except NotADirectoryError:
+        raise error(f"{path}: unreadable {what} ({path.parent.name}/ is not a directory)") from None
+    except OSError as e:
+        raise error(f"{path}: unreadable {what} ({_reason(e)})") from None
+
+
 def read_json(
     path: str | os.PathLike[str],
     shape: Shape,
@@ -317,19 +334,15 @@ def read_json(
     (absent, a directory, unreadable, not UTF-8, not JSON, the wrong shape) is one
     ``error`` naming the file (and the key).
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    data = read_bytes(path, what, "a JSON file", error=error)
+    if data is None:
         if missing is not _MISSING:
             return missing
-        raise error(f"{path}: no {what}") from None
-    except IsADirectoryError:
-        raise error(f"{path}: unreadable {what} (a directory, expected a JSON file)") from None
+        raise error(f"{path}: no {what}")
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise error(f"{path}: unreadable {what} (not UTF-8 text)") from None
-    except OSError as e:
-        raise error(f"{path}: unreadable {what} ({_reason(e)})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
