@@ -151,4 +151,4 @@ def test_failure_is_reported_and_a_retry_continues(slurm, tmp_path):
     statuses = {row["run_id"]: row["status"] for row in json.loads(board.stdout)}
     assert statuses == {failed.path.name: "CRASHED", retried.path.name: "COMPLETED"}
     shown = run_cli("show", str(failed.path))
-    assert "CRASHED" in shown.stdout and "ValueError" in shown.stdout and "learning rate" in shown.stdout
+    assert "CRASHED" in shown.stdout and "ValueError" in shown.stdout and "momentum" in shown.stdout

@@ -7,8 +7,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -44,10 +42,6 @@ def snakemake(proj: Path, *args: str, env: dict | None = None, timeout: float = 
 def packages(proj: Path) -> list[SavePackage]:
     runs = proj / "runs"
     return [SavePackage.open(p) for p in sorted(runs.iterdir()) if (p / "manifest.json").exists()]
-
-
-def ts(value: str) -> float:
-    return datetime.fromisoformat(value).timestamp()
 
 
 BARRIER = '''
@@ -180,10 +174,9 @@ def test_lint_is_clean_and_dry_run_works_from_a_fresh_clone(tmp_path):
     lint = snakemake(clone, "--lint")
     assert lint.returncode == 0, lint.stdout + lint.stderr
     assert "Congratulations" in lint.stdout + lint.stderr
-    t0 = time.monotonic()
     dry = snakemake(clone, "-n")
     assert dry.returncode == 0, dry.stderr
-    assert "train" in dry.stdout and time.monotonic() - t0 < 60
+    assert "train" in dry.stdout
     assert not (clone / "runs").exists() or not any((clone / "runs").glob("*/manifest.json"))
 
 

@@ -37,5 +37,5 @@ rule align:
     conda:
         "../envs/expflow.yaml"
     shell:
-        'expflow align "{input.spec}" --out "{params.out}" --workflow-runs "{params.runs}" '
-        '--run-ids "{params.run_ids}" {params.options} > {log} 2>&1' + ON_FAILURE
+        f'expflow align "{{input.spec}}" --out "{{params.out}}" --workflow-runs "{{params.runs}}" '
+        f'--run-ids "{{params.run_ids}}" {{params.options}} > {{log}} 2>&1{on_failure("align")}'

@@ -18,5 +18,5 @@ rule analyze:
         "../envs/expflow.yaml"
     shell:
         'expflow analyze "$(dirname {input.done})" {wildcards.script} --gpus {resources.gpu} > {log} 2>&1'
-        + ON_FAILURE
+        + on_failure("analyze")
         + "; touch {output.done}"

@@ -20,9 +20,13 @@ with config_errors_exit():
 
 RUNS_DIR = config["runs_dir"]
 WORKFLOW_DIR = f"{RUNS_DIR}/.workflow"
-# Appended to every rule's command: a failed job prints its log's last line (the one-line
-# error) on the terminal, not only Snakemake's "check log file(s)".
-ON_FAILURE = ' || {{ echo "$(tail -n 1 {log})  [{rule} log: {log}]" >&2; exit 1; }}'
+
+
+def on_failure(rule_name):
+    """Appended to a rule's command: a failed job prints its log's last line (the one-line
+    error) on the terminal, not only Snakemake's "check log file(s)"."""
+    return f' || {{{{ echo "$(tail -n 1 {{log}})  [{rule_name} log: {{log}}]" >&2; exit 1; }}}}'
+
 # report.out: the workflow's HTML page of every run (default: <runs_dir>/report.html).
 REPORT_HTML = config["report"]["out"] or f"{RUNS_DIR}/report.html"
 # slurm_partition / slurm_account for every rule (from the config or the environment).

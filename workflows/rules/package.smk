@@ -16,5 +16,6 @@ rule package:
     conda:
         "../envs/expflow.yaml"
     shell:
-        'expflow materialize --runs "$(dirname "$(dirname {output.config})")" '
-        "--config-dir {params.config_dir} --run-id {wildcards.run} -- {params.overrides} > {log} 2>&1" + ON_FAILURE
+        f'expflow materialize --runs "$(dirname "$(dirname {{output.config}})")" '
+        f"--config-dir {{params.config_dir}} --run-id {{wildcards.run}} -- {{params.overrides}} > {{log}} 2>&1"
+        f"{on_failure('package')}"

@@ -23,4 +23,4 @@ rule report:
     conda:
         "../envs/expflow.yaml"
     shell:
-        'expflow report --runs "{params.runs}" --out "{output.html}" > {log} 2>&1' + ON_FAILURE
+        'expflow report --runs "{params.runs}" --out "{output.html}" > {log} 2>&1' + on_failure("report")

@@ -19,4 +19,4 @@ rule sync:
     conda:
         "../envs/expflow.yaml"
     shell:
-        'expflow sync "$(dirname {input.done})" {params.options} --done {output.done} > {log} 2>&1' + ON_FAILURE
+        'expflow sync "$(dirname {input.done})" {params.options} --done {output.done} > {log} 2>&1' + on_failure("sync")

@@ -18,4 +18,4 @@ rule train:
     conda:
         "../envs/expflow.yaml"
     shell:
-        'expflow run "$(dirname {input.config})" >> {log} 2>&1' + ON_FAILURE + "; touch {output.done}"
+        'expflow run "$(dirname {input.config})" >> {log} 2>&1' + on_failure("train") + "; touch {output.done}"
