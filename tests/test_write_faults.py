@@ -280,6 +280,24 @@ run worker $PY -m expflow.worker {q(pkg)} --resume latest
 
 
 @pytest.mark.slow
+def test_read_only_package_is_not_analyzed_or_synced(tmp_path, crashed):
+    pkg = copy_package(crashed, tmp_path / "runs" / "c1")
+    before = tree_digest(pkg)
+    out = tmp_path / "out"
+    confined(f"""
+mount --bind {q(pkg)} {q(pkg)}
+mount -o remount,bind,ro {q(pkg)}
+run analyze $PY -m expflow.cli analyze {q(pkg)} learning_curves
+run sync $PY -m expflow.cli sync {q(pkg)} --target mlflow --uri http://127.0.0.1:9
+""", out)
+    assert_one_line_error(result(out, "analyze"), f"cannot write {pkg}: read-only file system", "analysis output")
+    synced = result(out, "sync")
+    assert synced.returncode != 0 and "Traceback" not in synced.stdout + synced.stderr
+    assert f"cannot write {pkg}: read-only file system" in synced.stderr
+    assert tree_digest(pkg) == before
+
+
+@pytest.mark.slow
 def test_full_disk_continue_changes_nothing(tmp_path, crashed):
     """No byte left: `continue` stops before it starts; a worker started anyway writes nothing."""
     disk, out = tmp_path / "disk", tmp_path / "out"

@@ -77,10 +77,13 @@ def run_analysis(
     from omegaconf import OmegaConf
 
     from expflow.gpu import place_job
+    from expflow.paths import check_writable
     from expflow.trainer import _die_with_parent
 
     ref = find_script(script, project_dir, pkg)
     cfg = pkg.config()
+    check_writable(pkg.analysis_dir, what="analysis output")  # before any GPU is leased
+    check_writable(pkg.logs_dir, what="analysis logs")
     if checkpoint is not None:
         pkg.checkpoints().find(checkpoint)  # a missing step fails here, in one line
     node = OmegaConf.select(cfg, "gpu", default=None)

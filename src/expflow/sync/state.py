@@ -87,7 +87,10 @@ class SyncState:
         """The state, loaded and held under its lock file for one sync of the package."""
         from filelock import FileLock
 
+        from expflow.paths import check_writable
+
         path = cls.file_for(tracker_dir, target, destination)
+        check_writable(path.parent, what="sync state")  # a read-only package: one line, nothing sent
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path.with_suffix(".lock")), timeout=timeout):
             yield cls.load(tracker_dir, target, destination)
