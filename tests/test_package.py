@@ -32,6 +32,16 @@ def test_create_writes_manifest_last_and_refuses_to_overwrite(tmp_path):
         make(tmp_path)
 
 
+def test_a_refused_creation_leaves_no_directory(tmp_path):
+    """A snapshot refused mid-creation (here: a config file of the project holding a
+    credential) leaves nothing where there was nothing: no manifest-less directory."""
+    (tmp_path / "proj" / "conf").mkdir(parents=True)
+    (tmp_path / "proj" / "conf" / "keys.yaml").write_text("swanlab:\n  api_key: abc123\n")
+    with pytest.raises(PackageError, match="keys.yaml"):
+        make(tmp_path)
+    assert not (tmp_path / "runs" / "run1").exists()
+
+
 def test_fingerprint_ignores_run_id_and_paths(tmp_path):
     a = make(tmp_path, "a").manifest()["fingerprint"]
     (tmp_path / "proj" / "src" / "m.py").unlink()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -137,61 +138,69 @@ class SavePackage:
         pkg = cls(path)
         if pkg.manifest_path.exists():
             raise PackageError(f"{pkg.path}: a package already exists here (use `expflow continue`)")
+        created = not pkg.path.exists()
         pkg.path.mkdir(parents=True, exist_ok=True)
-        run_id = str(config.get("run_id") or pkg.path.name)
-        code_store = CodeStore(store)
-        if code_from is not None:
-            entries = code_from.code_files()
-            pkg.code_dir.mkdir(exist_ok=True)
-            for e in entries:
-                dest = pkg.code_dir / e.path
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                link_or_copy(code_from.code_dir / e.path, dest)
-            git = code_from.manifest().get("git")
-        else:
-            from expflow.package import codestore
+        try:
+            run_id = str(config.get("run_id") or pkg.path.name)
+            code_store = CodeStore(store)
+            if code_from is not None:
+                entries = code_from.code_files()
+                pkg.code_dir.mkdir(exist_ok=True)
+                for e in entries:
+                    dest = pkg.code_dir / e.path
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    link_or_copy(code_from.code_dir / e.path, dest)
+                git = code_from.manifest().get("git")
+            else:
+                from expflow.package import codestore
 
-            root = Path(code_root or ".").resolve()
-            entries = code_store.snapshot(
-                root,
-                pkg.code_dir,
-                include=code_include or codestore.DEFAULT_INCLUDE,
-                exclude=code_exclude or codestore.DEFAULT_EXCLUDE,
-                skip_dirs=[pkg.path.parent, code_store.root],
-            )
-            git = git_state(root)
-        atomic_write_json(pkg.code_listing_path, [asdict(e) for e in entries])
-        # Already resolved plain data: PyYAML writes it ~20x faster than an OmegaConf round trip.
-        atomic_write_text(pkg.config_path, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
-        for name, text in (hydra_files or {}).items():
-            atomic_write_text(pkg.hydra_dir / name, text)
-        code_fp = code_fingerprint(entries)
-        cfg_fp = config_fingerprint(config)
-        now = utc_now()
-        manifest = {
-            "format": FORMAT,
-            "run_id": run_id,
-            "created": now,
-            "seed": config.get("seed"),
-            "overrides": list(overrides),
-            "fingerprint": hashlib.sha256(f"{code_fp}:{cfg_fp}".encode()).hexdigest(),
-            "fingerprints": {"code": code_fp, "config": cfg_fp},
-            "code": {"files": len(entries), "bytes": sum(e.size for e in entries), "store": str(Path(store).resolve())},
-            "git": git,
-            "versions": environment_versions(),
-            "status": Status.QUEUED.value,
-            "status_history": [{"status": Status.QUEUED.value, "time": now, **process_identity(),
-                                **({"note": "starting", "claim": True} if claim else {})}],
-            "gpus": [],
-            "device": None,
-            "started": None,
-            "finished": None,
-            "attempts": [],
-            "error": None,
-            "origin": origin,
-            "progress": {"epoch": 0, "step": 0, "max_epochs": _max_epochs(config)},
-        }
-        atomic_write_json(pkg.manifest_path, manifest)
+                root = Path(code_root or ".").resolve()
+                entries = code_store.snapshot(
+                    root,
+                    pkg.code_dir,
+                    include=code_include or codestore.DEFAULT_INCLUDE,
+                    exclude=code_exclude or codestore.DEFAULT_EXCLUDE,
+                    skip_dirs=[pkg.path.parent, code_store.root],
+                )
+                git = git_state(root)
+            atomic_write_json(pkg.code_listing_path, [asdict(e) for e in entries])
+            # Already resolved plain data: PyYAML writes it ~20x faster than an OmegaConf round trip.
+            atomic_write_text(pkg.config_path, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+            for name, text in (hydra_files or {}).items():
+                atomic_write_text(pkg.hydra_dir / name, text)
+            code_fp = code_fingerprint(entries)
+            cfg_fp = config_fingerprint(config)
+            now = utc_now()
+            manifest = {
+                "format": FORMAT,
+                "run_id": run_id,
+                "created": now,
+                "seed": config.get("seed"),
+                "overrides": list(overrides),
+                "fingerprint": hashlib.sha256(f"{code_fp}:{cfg_fp}".encode()).hexdigest(),
+                "fingerprints": {"code": code_fp, "config": cfg_fp},
+                "code": {"files": len(entries), "bytes": sum(e.size for e in entries), "store": str(Path(store).resolve())},
+                "git": git,
+                "versions": environment_versions(),
+                "status": Status.QUEUED.value,
+                "status_history": [{"status": Status.QUEUED.value, "time": now, **process_identity(),
+                                    **({"note": "starting", "claim": True} if claim else {})}],
+                "gpus": [],
+                "device": None,
+                "started": None,
+                "finished": None,
+                "attempts": [],
+                "error": None,
+                "origin": origin,
+                "progress": {"epoch": 0, "step": 0, "max_epochs": _max_epochs(config)},
+            }
+            atomic_write_json(pkg.manifest_path, manifest)
+        except BaseException:
+            # No manifest: an interrupted creation, never a package. Where there was nothing,
+            # leave nothing (a refused snapshot, a full disk, Ctrl-C).
+            if created and not pkg.manifest_path.exists():
+                shutil.rmtree(pkg.path, ignore_errors=True)
+            raise
         return pkg
 
     @classmethod
