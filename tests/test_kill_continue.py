@@ -100,3 +100,41 @@ def test_kill_then_continue_completes_without_losing_records(tmp_path):
         assert points(pkg) == ref_points  # bit-identical to the uninterrupted run
         assert pkg.checkpoints().files_on_disk() == EXPECTED_FILES
     assert crashed_seen >= 2  # the kills really interrupted training
+
+
+def test_continue_leases_its_gpus_like_a_train_job(tmp_path):
+    """`expflow continue` takes the run's GPUs through a lease: with the only (simulated)
+    device held by another process it waits, QUEUED, and trains once the device is free."""
+    runs = tmp_path / "runs"
+    env = {"EXPFLOW_SIMULATED_GPUS": "1x1000", "EXPFLOW_LEASE_DIR": str(tmp_path / "leases")}
+    full_env = dict(os.environ, **env)
+    first = run_cli(*small_overrides(runs, "gpu.count=1", "trainer.max_epochs=2", "run_id=g1"),
+                    module="expflow.train", env=env)
+    assert first.returncode == 0, first.stderr
+    pkg = SavePackage.open(runs / "g1")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from expflow.gpu import lease_gpus; "
+                               "l = lease_gpus(1, 0, 1); print('leased', flush=True); time.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True, env=full_env)
+    cont = None
+    try:
+        assert holder.stdout.readline().strip() == "leased"
+        cont = subprocess.Popen([sys.executable, "-m", "expflow.cli", "continue", str(pkg.path), "--force"],
+                                env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while pkg.manifest()["status_history"][-1].get("note") != "waiting for 1 GPU(s)":
+            assert cont.poll() is None, cont.communicate()
+            assert time.monotonic() < deadline, pkg.manifest()["status_history"][-1]
+            time.sleep(0.05)
+        assert pkg.status() is Status.QUEUED
+        holder.kill()
+        holder.wait()
+        out, err = cont.communicate(timeout=300)
+        assert cont.returncode == 0, err
+    finally:
+        for p in (holder, cont):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    m = SavePackage.open(runs / "g1").manifest()
+    assert m["status"] == "COMPLETED" and [a["kind"] for a in m["attempts"]][-1] == "continue"
+    assert len(m["leases"]) == 2 and m["leases"][-1]["gpus"] == [0]

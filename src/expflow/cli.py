@@ -37,7 +37,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_continue(args: argparse.Namespace) -> int:
     from expflow.package import SavePackage, Status
-    from expflow.trainer import launch
+    from expflow.trainer import run_package
 
     pkg = SavePackage.open(args.package)
     pkg.check()  # every file it reads or appends to: a damaged one is one line, before anything is touched
@@ -58,7 +58,8 @@ def cmd_continue(args: argparse.Namespace) -> int:
         # Fail early, in this process, on a missing or corrupt checkpoint.
         store.load(store.find(args.checkpoint), map_location="cpu")
     resume = args.checkpoint if args.checkpoint is not None else "latest"
-    result = launch(pkg, resume=resume, from_snapshot=not args.working_tree)
+    # Through run_package: the run leases its GPUs like any train job (waiting as QUEUED).
+    result = run_package(pkg, resume=resume, from_snapshot=not args.working_tree, completed=True)
     Console().print(f"[green]{pkg.run_id} COMPLETED[/]")
     for k, v in sorted(result.metrics.items()):
         Console().print(f"  {k} = {v:.6g}")

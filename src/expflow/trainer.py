@@ -96,23 +96,28 @@ def train(
     return run_package(pkg, from_snapshot=False)
 
 
-def run_package(pkg: SavePackage, *, from_snapshot: bool = True, wait: bool = True) -> RunResult:
-    """Train a package to the end, or continue it after a crash; a COMPLETED package is left as it is.
+def run_package(pkg: SavePackage, *, from_snapshot: bool = True, wait: bool = True,
+                resume: str | int | None = None, completed: bool = False) -> RunResult:
+    """Train a package to the end, or continue it after a crash; a COMPLETED package is left as
+    it is unless ``completed`` (``expflow continue --force``).
 
-    Leases the run's GPUs first (status QUEUED while waiting) and releases them on every
-    exit path. This is what the workflow's train rule runs, retries included.
+    ``resume``: the checkpoint to continue from (a step or ``"latest"``); by default the
+    latest once the package has been started. Leases the run's GPUs first (status QUEUED while
+    waiting) and releases them on every exit path. This is what the workflow's train rule and
+    ``expflow continue`` run, retries included.
     """
     from expflow.gpu import place_job
 
     status = pkg.status()
-    if status is Status.COMPLETED:
+    if status is Status.COMPLETED and not completed:
         return RunResult(pkg, status, _last_metrics(pkg))
     pkg.check()  # a damaged file is one line before the package is touched (claimed, leased)
     if status.active and pkg.manifest().get("attempts"):
         raise PackageError(f"{pkg.path}: the run is {status.value} in a live process")
     check_package_writable(pkg.path)  # before anything is written to it
     cfg = pkg.config()
-    resume = "latest" if pkg.manifest().get("attempts") else None
+    if resume is None:
+        resume = "latest" if pkg.manifest().get("attempts") else None
     gpu = cfg.gpu
 
     def waiting() -> None:
