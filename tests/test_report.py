@@ -154,3 +154,25 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert proc.returncode == 0 and shot.exists(), proc.stderr[-2000:]
     assert png_size(shot) == (1280, 2200)
     assert shot.stat().st_size > 50_000  # tables, text and curves: far from a blank page
+
+
+@pytest.mark.parametrize("damage", ["[1, 2]", '{"files": "x.png"}', '{"checkpoint": {"step": -1}}', "{"])
+def test_a_damaged_analysis_record_is_named_not_a_traceback(tmp_path, damage):
+    """analysis/<script>/analysis.json of the wrong shape (or torn): `show` and the report
+    say which file is unreadable and why; the other analyses are still listed."""
+    runs = tmp_path / "runs"
+    pkg = fake_package(runs, "a1", points=curve(0.5))
+    for name in ("bad", "good"):
+        (pkg.analysis_dir / name).mkdir(parents=True)
+        (pkg.analysis_dir / name / "results.json").write_text('{"acc": 0.5}')
+    (pkg.analysis_dir / "good" / "analysis.json").write_text(json.dumps(
+        {"script": "good", "results": "results.json", "files": ["results.json"], "applicable": True}))
+    (pkg.analysis_dir / "bad" / "analysis.json").write_text(damage)
+    shown = run_cli("show", str(pkg.path), env={"COLUMNS": "400"})
+    assert shown.returncode == 0 and "Traceback" not in shown.stdout + shown.stderr, shown.stderr
+    assert "bad: unreadable" in shown.stdout and "bad/analysis.json" in shown.stdout
+    assert "good" in shown.stdout and "acc=0.5" in shown.stdout
+    page = build_report(runs, tmp_path / "report.html")
+    assert page is not None
+    html = (tmp_path / "report.html").read_text()
+    assert "unreadable" in html and "bad/analysis.json" in html and "acc=0.5" in html

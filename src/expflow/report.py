@@ -227,6 +227,9 @@ def _analyses(runs: list[RunData], out_dir: Path) -> str:
             continue
         entries = []
         for name, rec in r.analyses.items():
+            if rec.get("error"):
+                entries.append(f"<li><b>{escape(name)}</b>: unreadable ({escape(str(rec['error']))})</li>")
+                continue
             if not rec.get("applicable", True):
                 entries.append(f"<li><b>{escape(name)}</b>: does not apply ({escape(str(rec.get('reason')))})</li>")
                 continue

@@ -185,6 +185,9 @@ def render_analyses(summary: dict[str, Any], console: Console) -> None:
         if rec is None:
             console.print(f"  {name}: incomplete (no analysis.json)", markup=False, highlight=False)
             continue
+        if rec.get("error"):
+            console.print(f"  {name}: unreadable ({rec['error']})", markup=False, highlight=False)
+            continue
         if not rec.get("applicable", True):
             console.print(f"  {name}: does not apply ({rec.get('reason')})", markup=False, highlight=False)
             continue

@@ -115,11 +115,10 @@ def run_analysis(
 
 
 def read_record(pkg: SavePackage, name: str) -> dict[str, Any]:
-    path = pkg.analysis_dir / name / META
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise AnalysisError(f"{path}: unreadable analysis record ({e})") from None
+    from expflow.package import shapes
+
+    return shapes.read_json(pkg.analysis_dir / name / META, shapes.ANALYSIS_RECORD, "analysis record",
+                            error=AnalysisError)
 
 
 def headline(pkg_dir: str | Path, name: str, record: dict[str, Any], limit: int = 4) -> str:
@@ -128,22 +127,25 @@ def headline(pkg_dir: str | Path, name: str, record: dict[str, Any], limit: int 
         results = json.loads((Path(pkg_dir) / "analysis" / name / record.get("results", RESULTS)).read_text())
     except (OSError, ValueError):
         return ""
+    if not isinstance(results, dict):
+        return ""
     shown = [f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in results.items()
              if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
     return " ".join(shown[:limit])
 
 
 def analysis_records(pkg: SavePackage) -> dict[str, dict[str, Any]]:
-    """Every finished analysis of ``pkg`` by script name (folders without a record are skipped)."""
+    """Every finished analysis of ``pkg`` by script name (folders without a record are skipped;
+    a damaged record is ``{"error": <one line>}``, so listings can say so)."""
     if not pkg.analysis_dir.is_dir():
         return {}
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for d in sorted(pkg.analysis_dir.iterdir()):
         if d.is_dir() and not d.name.startswith(".") and (d / META).is_file():
             try:
                 out[d.name] = read_record(pkg, d.name)
-            except AnalysisError:
-                continue
+            except AnalysisError as e:
+                out[d.name] = {"error": e.one_line()}
     return out
 
 

@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from expflow.errors import PackageError
+from expflow.errors import ExpflowError, PackageError
 
 # -- shapes ------------------------------------------------------------------------
 
@@ -294,6 +294,23 @@ HEARTBEAT = Obj({"time": NUMBER, **PROCESS, "step": COUNT, "epoch": COUNT}, requ
 CODE_LISTING = ListOf(Obj({"path": RELATIVE_PATH, "sha256": SHA256, "size": COUNT, "executable": BOOL},
                           required=("path", "sha256", "size", "executable")))
 
+# analysis/<script>/analysis.json (expflow.analysis.runner writes it)
+ANALYSIS_RECORD = Obj(
+    {
+        "script": STR,
+        "run_id": STR,
+        "checkpoint": Nullable(Obj({"step": COUNT, "epoch": Nullable(COUNT), "file": STR}, required=("step",))),
+        "device": Nullable(STR),
+        "time": Nullable(ISO_TIME),
+        "duration_s": Nullable(NUMBER),
+        "results": RELATIVE_PATH,
+        "figures": ListOf(ANY),
+        "files": ListOf(RELATIVE_PATH),
+        "applicable": BOOL,
+        "reason": Nullable(STR),
+    },
+)
+
 # -- reading ---------------------------------------------------------------------------
 
 _MISSING: Any = object()
@@ -304,7 +321,7 @@ def _reason(e: OSError) -> str:
 
 
 def read_bytes(path: str | os.PathLike[str], what: str, expected: str, *,
-               error: type[PackageError] = PackageError) -> bytes | None:
+               error: type[ExpflowError] = PackageError) -> bytes | None:
     """The bytes of ``path``, or None when it does not exist; anything else in the way (a
     directory, a parent that is a file, no permission) is one ``error`` naming the file."""
     path = Path(path)
@@ -325,7 +342,7 @@ def read_json(
     shape: Shape,
     what: str,
     *,
-    error: type[PackageError] = PackageError,
+    error: type[ExpflowError] = PackageError,
     missing: Any = _MISSING,
 ) -> Any:
     """The JSON value in ``path``, checked against ``shape``.
@@ -354,7 +371,7 @@ def read_json(
 
 
 def check(data: Any, shape: Shape, path: str | os.PathLike[str], what: str, *,
-          error: type[PackageError] = PackageError) -> None:
+          error: type[ExpflowError] = PackageError) -> None:
     """Raise ``error`` naming ``path`` and the key when ``data`` is not of ``shape``."""
     try:
         shape.check(data)
@@ -364,7 +381,7 @@ def check(data: Any, shape: Shape, path: str | os.PathLike[str], what: str, *,
         raise error(f"{path}: invalid {what}: {e.describe()}") from None
 
 
-def expect_file(path: str | os.PathLike[str], what: str, *, error: type[PackageError] = PackageError) -> bool:
+def expect_file(path: str | os.PathLike[str], what: str, *, error: type[ExpflowError] = PackageError) -> bool:
     """True if ``path`` is a readable regular file, False if it does not exist; anything
     else there (a directory, a parent that is a file, no permission) is ``error``."""
     path = Path(path)
@@ -385,7 +402,7 @@ def expect_file(path: str | os.PathLike[str], what: str, *, error: type[PackageE
     return True
 
 
-def expect_dir(path: str | os.PathLike[str], what: str, *, error: type[PackageError] = PackageError) -> bool:
+def expect_dir(path: str | os.PathLike[str], what: str, *, error: type[ExpflowError] = PackageError) -> bool:
     """True if ``path`` is a directory, False if it does not exist; a file there is ``error``."""
     path = Path(path)
     try:
