@@ -84,6 +84,14 @@ def edit_json(path: Path, change: Callable[[Any], Any]) -> None:
     path.write_text(json.dumps(data if new is None else new))
 
 
+def edit_yaml(path: Path, change: Callable[[Any], Any]) -> None:
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    new = change(data)
+    path.write_text(yaml.safe_dump(data if new is None else new))
+
+
 def manifest_edit(change: Callable[[dict], Any]) -> Callable[[SavePackage], None]:
     return lambda pkg: edit_json(pkg.manifest_path, change)
 
@@ -186,6 +194,14 @@ FAULTS = [
     ("config-retention-a-string", lambda pkg: pkg.config_path.write_text(
         pkg.config_path.read_text() + "checkpoint:\n  fast_keep: two\n"),
      ["config.yaml", "checkpoint.fast_keep"], True),
+    ("config-trainer-an-integer", lambda pkg: edit_yaml(pkg.config_path, lambda c: c.update(trainer=5)),
+     ["config.yaml", "key 'trainer'", "expected an object"], True),
+    ("config-gpu-count-a-string", lambda pkg: edit_yaml(pkg.config_path, lambda c: c.update(gpu={"count": "one"})),
+     ["config.yaml", "gpu.count", "expected an integer"], True),
+    ("config-tracker-a-list", lambda pkg: edit_yaml(pkg.config_path, lambda c: c.update(tracker=[1])),
+     ["config.yaml", "key 'tracker'"], True),
+    ("config-seed-a-string", lambda pkg: edit_yaml(pkg.config_path, lambda c: c.update(seed="zero")),
+     ["config.yaml", "key 'seed'"], True),
     ("logs-a-file", replace_with_file("logs"),
      ["logs", "not a directory"], False),
 ]
@@ -493,3 +509,14 @@ def test_run_killed_while_waiting_for_a_gpu_lease_is_crashed_and_continued(tmp_p
     proc = run_cli("continue", str(pkg_dir), env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert pkg.status() is Status.COMPLETED
+
+
+def test_status_board_lists_a_package_with_a_mistyped_config_as_unreadable(tmp_path):
+    crashed_package(tmp_path, "good")
+    bad = crashed_package(tmp_path, "bad")
+    edit_yaml(bad.config_path, lambda c: c.update(trainer=5))
+    board = run_cli("status", "--runs", str(tmp_path / "runs"), "--json")
+    assert board.returncode == 0 and "Traceback" not in board.stderr, board.stderr
+    assert [r["run_id"] for r in json.loads(board.stdout)] == ["good"]
+    table = run_cli("status", "--runs", str(tmp_path / "runs"), env={"COLUMNS": "200"})
+    assert table.returncode == 0 and "1 unreadable" in table.stdout, table.stdout + table.stderr

@@ -156,11 +156,16 @@ def read_config(path: Path) -> dict[str, Any]:
     """A package's resolved config as plain data (PyYAML's C loader: ~10x OmegaConf's speed)."""
     import yaml
 
+    from expflow.package import shapes
+
     try:
         cfg = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except (OSError, yaml.YAMLError):
         return {}
-    return cfg if isinstance(cfg, dict) else {}
+    if not isinstance(cfg, dict):
+        return {}
+    shapes.check(cfg, shapes.config_shape(), path, "config")  # wrong types: the package is listed as unreadable
+    return cfg
 
 
 def _config_summary(path: Path) -> dict[str, Any]:

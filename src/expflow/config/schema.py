@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from expflow.config.numbers import Range
@@ -162,6 +161,8 @@ class MultiTrackerConfig:
 def register_configs() -> None:
     """Register the schemas (idempotent). YAML options extend them through their
     defaults list, e.g. ``- /schema/model@_here_: digits_mlp``."""
+    from hydra.core.config_store import ConfigStore  # here: reading a package needs no Hydra
+
     cs = ConfigStore.instance()
     cs.store(name="expflow_schema", node=ExpflowConfig)
     for group, name, node in (

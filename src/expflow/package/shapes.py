@@ -311,6 +311,59 @@ ANALYSIS_RECORD = Obj(
     },
 )
 
+
+def _shape_of_type(hint: Any) -> Shape:
+    """The shape of a value of a schema field's type (lenient: unknown types are ANY)."""
+    import dataclasses
+    import types
+    import typing
+
+    if hint is Any:
+        return ANY
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        inner = _shape_of_type(args[0]) if len(args) == 1 else ANY
+        return Nullable(inner) if len(args) < len(typing.get_args(hint)) else inner
+    if dataclasses.is_dataclass(hint):
+        return schema_shape(hint)  # type: ignore[arg-type]
+    simple = {bool: BOOL, int: INT, float: NUMBER, str: STR}
+    if hint in simple:
+        return simple[hint]
+    if typing.get_origin(hint) in (list, tuple):
+        return ListOf(ANY)
+    if typing.get_origin(hint) is dict or hint is dict:
+        return OBJECT
+    return ANY
+
+
+def schema_shape(cls: type) -> Shape:
+    """A lenient shape of a structured-config dataclass: the types of the keys it declares
+    (none required, extra keys allowed); ``Any`` sections must be mappings or null."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    fields_: dict[str, Shape] = {}
+    for f in dataclasses.fields(cls):
+        shape = _shape_of_type(hints[f.name])
+        fields_[f.name] = Nullable(OBJECT) if shape is ANY and f.name in _SECTIONS else shape
+    return Obj(fields_)
+
+
+_SECTIONS = ("model", "dataset", "tracker", "lifecycle")
+_CONFIG_SHAPE: Shape | None = None
+
+
+def config_shape() -> Shape:
+    """The shape of a package's ``config.yaml``, derived from ``expflow.config.schema``."""
+    global _CONFIG_SHAPE
+    if _CONFIG_SHAPE is None:
+        from expflow.config.schema import ExpflowConfig
+
+        _CONFIG_SHAPE = schema_shape(ExpflowConfig)
+    return _CONFIG_SHAPE
+
+
 # -- reading ---------------------------------------------------------------------------
 
 _MISSING: Any = object()
