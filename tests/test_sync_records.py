@@ -64,3 +64,19 @@ def test_random_byte_flips(written, seed):
     records = check(pkg, damaged, originals)
     if damaged != data[: len(damaged)]:
         assert records.problems  # damage is always noticed
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "{", '{"target": "mlflow", "destination": "here", "watermark": "x"}',
+                                  '{"watermark": 5}', '"state"'])
+def test_a_damaged_sync_state_starts_over(tmp_path, text):
+    """A sync state file of the wrong shape (or torn) is no traceback: the sync starts over
+    (the server drops what it already holds)."""
+    path = SyncState.file_for(tmp_path, "mlflow", "here")
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    state = SyncState.load(tmp_path, "mlflow", "here")
+    assert (state.target, state.destination, state.watermark, state.experiment) == ("mlflow", "here", 0, None)
+    with SyncState.locked(tmp_path, "mlflow", "here", timeout=10) as st:
+        st.watermark = 7
+        st.save()
+    assert SyncState.load(tmp_path, "mlflow", "here").watermark == 7

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -68,13 +67,18 @@ class SyncState:
 
     @classmethod
     def load(cls, tracker_dir: str | os.PathLike[str], target: str, destination: str) -> SyncState:
+        from expflow.errors import PackageError
+        from expflow.package import shapes
+
         path = cls.file_for(tracker_dir, target, destination)
         try:
-            data = json.loads(path.read_text())
+            data = shapes.read_json(path, shapes.schema_shape(cls), "sync state")
             known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "path"}
             state = cls(**known)
-        except (OSError, ValueError, TypeError):
-            state = cls(target=target, destination=destination)  # unreadable state: start over
+        except (PackageError, TypeError):
+            # Absent, unreadable or of the wrong shape: start over. Nothing is lost: the
+            # experiment is found again (--id auto) and the server drops what it already holds.
+            state = cls(target=target, destination=destination)
         state.path = path
         if state.destination != destination:
             state = cls(target=target, destination=destination, path=path)
