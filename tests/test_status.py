@@ -113,6 +113,8 @@ def test_status_cli_table_json_filter_and_errors(tmp_path):
     assert [r["run_id"] for r in json.loads(only.stdout)] == ["b2"]
     assert_one_line_error(run_cli("status", "--runs", str(runs), "--status", "done"), "unknown status", "COMPLETED")
     assert_one_line_error(run_cli("status", "--runs", str(tmp_path / "nope")), "no such runs directory")
+    (tmp_path / "a-file").write_text("x")
+    assert_one_line_error(run_cli("status", "--runs", str(tmp_path / "a-file")), "a-file: not a directory")
 
 
 def test_status_watch_refreshes_until_interrupted(tmp_path):

@@ -56,8 +56,12 @@ def package_dirs(runs_dir: str | os.PathLike[str]) -> list[Path]:
     """The package directories directly under ``runs_dir`` (hidden ones are expflow's own)."""
     root = Path(runs_dir)
     if not root.is_dir():
-        raise ExpflowError(f"{root}: no such runs directory (pass --runs DIR)")
-    return sorted(p for p in root.iterdir() if not p.name.startswith(".") and (p / "manifest.json").is_file())
+        what = "not a directory" if root.exists() else "no such runs directory"
+        raise ExpflowError(f"{root}: {what} (pass --runs DIR, a directory of save-packages)")
+    try:
+        return sorted(p for p in root.iterdir() if not p.name.startswith(".") and (p / "manifest.json").is_file())
+    except OSError as e:
+        raise ExpflowError(f"{root}: unreadable runs directory ({e.strerror or e.__class__.__name__})") from None
 
 
 class Board:
