@@ -138,6 +138,8 @@ def test_bad_spec_is_one_line_naming_the_key(tmp_path, framework, extra, needles
 def test_missing_spec_and_bad_yaml(tmp_path):
     with pytest.raises(AlignError, match="no such alignment spec"):
         load_spec(tmp_path / "nope.yaml")
+    with pytest.raises(AlignError, match="a directory, expected an alignment spec"):
+        load_spec(tmp_path)
     with pytest.raises(AlignError, match="cannot read the spec"):
         load_spec(write(tmp_path, "aligned_metrics: [a\n"))
     with pytest.raises(AlignError, match="aligned_metrics: required"):

@@ -150,7 +150,8 @@ def load_spec(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Pl
     """Read, type-check and resolve a spec; any problem is an AlignError naming the key."""
     path = Path(path)
     if not path.is_file():
-        raise AlignError(f"{path}: no such alignment spec")
+        what = "a directory, expected an alignment spec (a YAML file)" if path.is_dir() else "no such alignment spec"
+        raise AlignError(f"{path}: {what}")
     try:
         raw = OmegaConf.load(path)
         if overrides:
