@@ -88,3 +88,17 @@ def read_terminal(master: int, into: bytearray) -> None:
         if not chunk:
             return
         into.extend(chunk)
+
+
+def hold_one_gpu(env: dict) -> subprocess.Popen:
+    """A process that leases one (simulated) GPU and holds it until killed; returned once it
+    holds the lease (the caller kills it)."""
+    code = ("import time; from expflow.gpu import lease_gpus; "
+            "l = lease_gpus(1, 0, 1); print('leased', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    assert holder.stdout is not None
+    if holder.stdout.readline().strip() != "leased":
+        holder.kill()
+        holder.wait()
+        pytest.fail("the GPU holder did not get its lease")
+    return holder

@@ -15,7 +15,7 @@ import pytest
 from expflow.analysis import available_scripts
 from expflow.package import SavePackage, effective_metrics
 
-from .conftest import assert_one_line_error, run_cli
+from .conftest import assert_one_line_error, hold_one_gpu, run_cli
 from .test_status import curve, fake_package
 from .test_train_e2e import make_project, only_package
 
@@ -198,12 +198,9 @@ def test_checkpoint_choice_and_comparison(trained):
 def test_analysis_waits_for_its_own_gpu_lease(trained, tmp_path):
     proj, env, pkg = trained
     gpu_env = dict(os.environ, **env, EXPFLOW_SIMULATED_GPUS="1x1000", EXPFLOW_LEASE_DIR=str(tmp_path / "leases"))
-    holder = subprocess.Popen([sys.executable, "-c", "import time; from expflow.gpu import lease_gpus; "
-                               "l = lease_gpus(1, 0, 1); print('leased', flush=True); time.sleep(600)"],
-                              stdout=subprocess.PIPE, text=True, env=gpu_env)
+    holder = hold_one_gpu(gpu_env)
     analysis = None
     try:
-        assert holder.stdout.readline().strip() == "leased"
         analysis = subprocess.Popen([sys.executable, "-m", "expflow.cli", "analyze", str(pkg.path), "learning_curves",
                                      "--gpus", "1"], cwd=proj, env=gpu_env, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)

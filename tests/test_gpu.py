@@ -26,7 +26,7 @@ from expflow.gpu import (
 )
 from expflow.package.status import HOST
 
-from .conftest import REPO
+from .conftest import REPO, hold_one_gpu
 
 
 @pytest.fixture
@@ -351,10 +351,7 @@ def test_a_killed_waiter_does_not_hold_the_queue(sim):
 @pytest.mark.slow
 def test_a_queued_waiter_reclaims_the_lease_of_a_holder_killed_meanwhile(sim):
     table = sim("1x81920")
-    code = ("import time; from expflow.gpu import lease_gpus; "
-            "l = lease_gpus(1, 0, 1); print('leased', flush=True); time.sleep(600)")
-    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=dict(os.environ))
-    assert holder.stdout.readline().strip() == "leased"
+    holder = hold_one_gpu(dict(os.environ))
     # poll=600: the waiter's own periodic check would come far too late; only its watch on
     # the holder's process can hand it the device within the timeout.
     w = Waiter(table, owner="w1", poll=600, timeout=120)
@@ -420,10 +417,7 @@ def test_mixed_leasers_keep_job_and_memory_limits(sim, tmp_path):
 @pytest.mark.slow
 def test_lease_of_a_killed_process_is_reclaimed(sim, tmp_path):
     table = sim("1x81920")
-    code = ("import time; from expflow.gpu import lease_gpus; "
-            "l = lease_gpus(1, 0, 1); print('leased', flush=True); time.sleep(600)")
-    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=dict(os.environ))
-    assert holder.stdout.readline().strip() == "leased"
+    holder = hold_one_gpu(dict(os.environ))
     with pytest.raises(LeaseError):
         lease_gpus(1, 0, 1, table=table, wait=False)
     holder.send_signal(signal.SIGKILL)

@@ -15,7 +15,7 @@ import pytest
 
 from expflow.package import SavePackage, Status, effective_metrics
 
-from .conftest import REPO, run_cli, small_overrides
+from .conftest import REPO, hold_one_gpu, run_cli, small_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -112,12 +112,9 @@ def test_continue_leases_its_gpus_like_a_train_job(tmp_path):
                     module="expflow.train", env=env)
     assert first.returncode == 0, first.stderr
     pkg = SavePackage.open(runs / "g1")
-    holder = subprocess.Popen([sys.executable, "-c", "import time; from expflow.gpu import lease_gpus; "
-                               "l = lease_gpus(1, 0, 1); print('leased', flush=True); time.sleep(600)"],
-                              stdout=subprocess.PIPE, text=True, env=full_env)
+    holder = hold_one_gpu(full_env)
     cont = None
     try:
-        assert holder.stdout.readline().strip() == "leased"
         cont = subprocess.Popen([sys.executable, "-m", "expflow.cli", "continue", str(pkg.path), "--force"],
                                 env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120

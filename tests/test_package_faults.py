@@ -26,7 +26,15 @@ from expflow.package import SavePackage, Status, effective_metrics
 from expflow.package.status import HOST, process_identity
 from expflow.status_board import Board
 
-from .conftest import CONF, REPO, assert_one_line_error, run_cli, small_overrides, tree_digest
+from .conftest import (
+    CONF,
+    REPO,
+    assert_one_line_error,
+    hold_one_gpu,
+    run_cli,
+    small_overrides,
+    tree_digest,
+)
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -477,12 +485,9 @@ def test_run_killed_while_waiting_for_a_gpu_lease_is_crashed_and_continued(tmp_p
     runs = tmp_path / "runs"
     env = {"EXPFLOW_SIMULATED_GPUS": "1x1000", "EXPFLOW_LEASE_DIR": str(tmp_path / "leases")}
     full_env = dict(os.environ, **env)
-    holder = subprocess.Popen([sys.executable, "-c", "import time; from expflow.gpu import lease_gpus; "
-                               "l = lease_gpus(1, 0, 1); print('leased', flush=True); time.sleep(600)"],
-                              stdout=subprocess.PIPE, text=True, env=full_env)
+    holder = hold_one_gpu(full_env)
     waiter = None
     try:
-        assert holder.stdout.readline().strip() == "leased"
         made = run_cli("materialize", "--runs", str(runs), "--config-dir", str(CONF), "--",
                        "trainer=debug", f"code.root={REPO}", "gpu.count=1", "trainer.threads=1", env=env)
         assert made.returncode == 0, made.stderr

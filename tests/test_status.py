@@ -18,7 +18,14 @@ import pytest
 from expflow.package import SavePackage, Status
 from expflow.status_board import Board, parse_statuses, select
 
-from .conftest import REPO, assert_one_line_error, read_terminal, run_cli, small_overrides
+from .conftest import (
+    REPO,
+    assert_one_line_error,
+    hold_one_gpu,
+    read_terminal,
+    run_cli,
+    small_overrides,
+)
 
 
 def fake_package(runs: Path, name: str, *, overrides: tuple[str, ...] = (), config: dict | None = None,
@@ -193,12 +200,9 @@ def test_live_states_waiting_for_a_lease_running_killed_and_crashed(tmp_path):
                       module="expflow.train")
     assert crashed.returncode != 0
     # The only (simulated) GPU is held by another process ...
-    holder = subprocess.Popen([sys.executable, "-c", "import time; from expflow.gpu import lease_gpus; "
-                               "l = lease_gpus(1, 0, 1); print('leased', flush=True); time.sleep(600)"],
-                              stdout=subprocess.PIPE, text=True, env=full_env)
+    holder = hold_one_gpu(full_env)
     procs = [holder]
     try:
-        assert holder.stdout.readline().strip() == "leased"
         # ... so a package that needs one waits for its lease: QUEUED.
         made = run_cli("materialize", "--runs", str(runs), "--config-dir", str(REPO / "conf"),
                        "--", "trainer=debug", f"code.root={REPO}", "gpu.count=1", env=env)
