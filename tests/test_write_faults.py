@@ -38,6 +38,22 @@ PY = shlex.quote(sys.executable)
 
 
 # -- helpers ----------------------------------------------------------------------------
+def skip_outside_ci(reason: str) -> None:
+    """Skip where the machine cannot fake the fault (no mount namespaces, no /proc); in CI
+    (Linux, root) it always can, so there a missing mechanism fails the test instead."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run this test: {reason}")
+    pytest.skip(reason)
+
+
+def read_only(pkg: Path, commands: str) -> str:
+    """A confined script that makes ``pkg`` read-only, then runs ``commands`` on it."""
+    return f"""
+mount --bind {q(pkg)} {q(pkg)}
+mount -o remount,bind,ro {q(pkg)}
+{commands}"""
+
+
 @functools.lru_cache(maxsize=1)
 def _namespace_prefix() -> tuple[str, ...] | None:
     """A command prefix giving a private mount namespace in which mounts are allowed, or None."""
@@ -67,7 +83,7 @@ def confined(script: str, out: Path, timeout: float = 600) -> None:
     command's stdout, stderr and exit code in ``out`` (read them with :func:`result`)."""
     prefix = _namespace_prefix()
     if prefix is None:
-        pytest.skip("needs a private mount namespace (unshare --mount as root, or user namespaces) "
+        skip_outside_ci("needs a private mount namespace (unshare --mount as root, or user namespaces) "
                     "to make a read-only or full file system")
     out.mkdir(parents=True, exist_ok=True)
     header = (f"set -eu\nOUT={shlex.quote(str(out))}\nPY={PY}\n"
@@ -219,7 +235,7 @@ def test_paths_runs_that_is_a_file(tmp_path):
 @pytest.mark.slow
 def test_paths_runs_under_proc():
     if filesystem_type("/proc") != "proc":
-        pytest.skip("no proc file system at /proc")
+        skip_outside_ci("no proc file system at /proc")
     proc = run_cli(*small_overrides(Path("/proc/expflow-runs")), module="expflow.train")
     assert_one_line_error(proc, "cannot write /proc/expflow-runs: on a proc file system", "paths.runs")
 
@@ -265,13 +281,11 @@ def test_read_only_package_is_not_continued(tmp_path, crashed):
     pkg = copy_package(crashed, tmp_path / "runs" / "c1")
     before = tree_digest(pkg)
     out = tmp_path / "out"
-    confined(f"""
-mount --bind {q(pkg)} {q(pkg)}
-mount -o remount,bind,ro {q(pkg)}
+    confined(read_only(pkg, f"""
 run continue $PY -m expflow.cli continue {q(pkg)}
 run run $PY -m expflow.cli run {q(pkg)}
 run worker $PY -m expflow.worker {q(pkg)} --resume latest
-""", out)
+"""), out)
     assert_one_line_error(result(out, "continue"), f"cannot write {pkg}: read-only file system")
     assert_one_line_error(result(out, "run"), f"cannot write {pkg}: read-only file system")
     assert_one_line_error(result(out, "worker"), f"cannot write {pkg}", "read-only file system")
@@ -284,12 +298,10 @@ def test_read_only_package_is_not_analyzed_or_synced(tmp_path, crashed):
     pkg = copy_package(crashed, tmp_path / "runs" / "c1")
     before = tree_digest(pkg)
     out = tmp_path / "out"
-    confined(f"""
-mount --bind {q(pkg)} {q(pkg)}
-mount -o remount,bind,ro {q(pkg)}
+    confined(read_only(pkg, f"""
 run analyze $PY -m expflow.cli analyze {q(pkg)} learning_curves
 run sync $PY -m expflow.cli sync {q(pkg)} --target mlflow --uri http://127.0.0.1:9
-""", out)
+"""), out)
     assert_one_line_error(result(out, "analyze"), f"cannot write {pkg}: read-only file system", "analysis output")
     synced = result(out, "sync")
     assert synced.returncode != 0 and "Traceback" not in synced.stdout + synced.stderr

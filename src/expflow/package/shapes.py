@@ -44,19 +44,14 @@ def kind_of(value: Any) -> str:
     """A JSON value's kind, as a message names it."""
     if value is None:
         return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
+    for kind, name in _KINDS:  # bool before int: a boolean is an int to isinstance
+        if isinstance(value, kind):
+            return name
     return type(value).__name__
+
+
+_KINDS = ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"),
+          (list, "a list"), (dict, "an object"))
 
 
 def _join(key: str, name: str) -> str:
