@@ -12,7 +12,7 @@ from expflow.errors import ConfigError
 
 from .conftest import CONF, assert_one_line_error, run_cli
 
-GROUPS = ["model", "dataset", "optim", "trainer", "checkpoint", "tracker", "gpu"]
+GROUPS = ["model", "dataset", "optim", "trainer", "checkpoint", "tracker", "gpu", "runner"]
 
 
 def options(group: str) -> list[str]:
@@ -22,7 +22,30 @@ def options(group: str) -> list[str]:
 CASES = [f"{g}={o}" for g in GROUPS for o in options(g)] + [f"+freq={o}" for o in options("freq")]
 
 
+def build_and_step(cfg):
+    """The config's runner builds on the CPU and takes one training step and a validation."""
+    from expflow.lifecycle import TrainState
+    from expflow.loop import build_runner
+    from expflow.runner import RunContext, is_command
+
+    if is_command(cfg):
+        runner = instantiate(cfg.runner)
+        assert runner.spec.argv
+        return
+    ctx = RunContext(cfg=cfg, device=torch.device("cpu"), seed=int(cfg.seed))
+    runner = build_runner(cfg, ctx)
+    state = TrainState(config=cfg, max_epochs=1)
+    metrics = runner.train_step(next(iter(runner.train_data(0))), state)
+    assert metrics and all(torch.isfinite(torch.as_tensor(float(v))) for v in metrics.values())
+    runner.train_mode(False)
+    assert all(isinstance(k, str) for k in (runner.validate(state) or {}))
+    assert runner.state_dict()
+
+
 def instantiate_all(cfg):
+    build_and_step(cfg)
+    if cfg.runner._target_ != "expflow.runner.supervised.SupervisedRunner":
+        return  # a runner that builds its own model and data from the config (done above)
     model = instantiate(cfg.model)
     assert isinstance(model, torch.nn.Module)
     data = instantiate(cfg.dataset)
@@ -45,6 +68,8 @@ def test_every_option_composes_and_instantiates(compose, override):
         overrides.append("dataset=quadratic")
     if override.startswith("dataset=") and "quadratic" in override:
         overrides.append("model=quadratic_mlp")
+    if override == "runner=command":
+        overrides.append("runner.argv=[python,train.py]")
     cfg = compose(overrides)
     validate_config(cfg)
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)

@@ -45,7 +45,7 @@ def test_ddp_run_completes_and_metrics_match_rank0(tmp_path):
     cfg = pkg.config()
     data = instantiate(cfg.dataset)
     model = instantiate(cfg.model)
-    model.load_state_dict(pkg.checkpoints().load(pkg.checkpoints().latest())["model"])
+    model.load_state_dict(pkg.checkpoints().load(pkg.checkpoints().latest())["runner"]["model"])
     model.eval()
     x, y = data.val_set.tensors
     with torch.no_grad():

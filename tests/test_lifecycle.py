@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from expflow.launch import train
 from expflow.lifecycle import SKIP, Lifecycle
 from expflow.package import Status, effective_metrics
-from expflow.trainer import train
 
 from .conftest import small_overrides
 

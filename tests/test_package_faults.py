@@ -460,7 +460,7 @@ def test_run_killed_between_creation_and_preparing_is_crashed_and_continued(tmp_
     script = textwrap.dedent(f"""
         import os, signal
         from expflow.config import compose_config
-        from expflow.trainer import create_package
+        from expflow.launch import create_package
         cfg = compose_config({overrides!r}, config_dir={str(CONF)!r})
         create_package(cfg, overrides={overrides!r}, package_dir={str(target)!r}, claim=True)
         os.kill(os.getpid(), signal.SIGKILL)

@@ -144,7 +144,7 @@ def test_backends_are_imported_lazily():
     code = (
         "import sys\n"
         "from expflow.tracking import build_tracker\n"
-        "from expflow.trainer import execute\n"
+        "from expflow.rank import execute\n"
         "t = build_tracker({'_target_': 'expflow.tracking.swanlab.SwanLabTracker', 'project': 'p'}, is_main=True)\n"
         "m = build_tracker({'_target_': 'expflow.tracking.mlflow.MlflowTracker'}, is_main=True)\n"
         "import expflow.sync.cli, expflow.cli\n"

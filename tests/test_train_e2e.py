@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 PACKAGE_FILES = ["manifest.json", "config.yaml", "code.json", ".hydra/config.yaml", ".hydra/hydra.yaml",
                  ".hydra/overrides.yaml", "checkpoints/index.json", "metrics/records.log",
-                 "logs/rank0.out", "logs/rank0.err", "code/src/expflow/trainer.py",
+                 "logs/rank0.out", "logs/rank0.err", "code/src/expflow/launch.py",
                  "code/conf/config.yaml", "heartbeat.json"]
 
 

@@ -36,8 +36,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_continue(args: argparse.Namespace) -> int:
+    from expflow.launch import run_package
     from expflow.package import SavePackage, Status
-    from expflow.trainer import run_package
 
     pkg = SavePackage.open(args.package)
     pkg.check()  # every file it reads or appends to: a damaged one is one line, before anything is touched
@@ -70,8 +70,8 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from expflow.config import compose_config
+    from expflow.launch import create_package
     from expflow.package import SavePackage
-    from expflow.trainer import create_package
     from expflow.workflow import config_id
 
     overrides = [*args.overrides, f"paths.runs={args.runs}"]
@@ -94,8 +94,8 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from expflow.launch import run_package
     from expflow.package import SavePackage
-    from expflow.trainer import run_package
 
     pkg = SavePackage.open(args.package)
     result = run_package(pkg, from_snapshot=not args.working_tree)

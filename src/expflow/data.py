@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -47,10 +48,20 @@ def val_loader(data: DataModule, shard: Shard) -> DataLoader:
 
 
 def to_device(batch: object, device: torch.device) -> object:
+    """``batch`` on ``device``, whatever its structure: tensors inside tuples (named ones
+    too), lists, dicts and dataclasses, and any object with a ``.to(device)`` method."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(b, device) for b in batch)
     if isinstance(batch, dict):
         return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple
+        return type(batch)(*(to_device(b, device) for b in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        return dataclasses.replace(batch, **{f.name: to_device(getattr(batch, f.name), device)
+                                             for f in dataclasses.fields(batch) if f.init})
+    move = getattr(batch, "to", None)
+    if callable(move):
+        return move(device)
     return batch

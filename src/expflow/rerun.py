@@ -64,7 +64,7 @@ def compare(original: SavePackage, new: SavePackage, ignore: Sequence[str] = ())
 
 
 def rerun(path: str | Path, *, ignore: Sequence[str] = (), console: Console | None = None) -> tuple[SavePackage, Comparison]:
-    from expflow.trainer import launch
+    from expflow.launch import launch
 
     console = console or Console(stderr=True)
     original = SavePackage.open(path)

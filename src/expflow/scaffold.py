@@ -1,4 +1,4 @@
-"""``expflow new <dir> [--example digits|regression]``: a new project with expflow's own
+"""``expflow new <dir> [--example digits|regression|command]``: a new project with expflow's own
 layout that runs out of the box (``snakemake --cores 2``).
 
 Generated from expflow's project files rather than from a second copy kept by hand: the
@@ -38,6 +38,11 @@ class Example:
     sweep: str  # the workflow's sweep line
     analyses: tuple[str, ...]  # the analyses the workflow runs on every package
     scripts: tuple[str, ...]  # project scripts copied from analysis/
+    # A command project: this module of expflow.examples becomes the project's train.py,
+    # run as runner=command with these arguments (no model or dataset options).
+    script: str | None = None
+    argv: str | None = None
+    resume_argv: str | None = None
 
 
 EXAMPLES = {
@@ -45,6 +50,9 @@ EXAMPLES = {
                       ("accuracy", "learning_curves"), ("misclassified",)),
     "regression": Example("regression", "regression", "optim.lr=1e-2,3e-2 seed=range(2)",
                           ("learning_curves", "regression_fit"), ("regression_fit",)),
+    "command": Example("command_train", None, "optim.lr=1e-2,3e-2 seed=range(2)", ("learning_curves",), (),
+                       script="command_train", argv='[python, train.py, --lr, "${optim.lr}"]',
+                       resume_argv='[--resume, "${expflow:checkpoint}"]'),
 }
 
 
@@ -153,6 +161,12 @@ def write_conf(src: Path, dest: Path, example: Example, name: str) -> None:
     import yaml
 
     shutil.copytree(src, dest, ignore=SKIP)
+    for option in (dest / "runner").glob("*.yaml"):  # runners of other examples
+        if f"_target_: {EXAMPLES_PACKAGE}." in option.read_text():
+            option.unlink()
+    if example.script:
+        write_command_conf(dest, example)
+        return
     for group in ("model", "dataset"):
         keep = {p.name for p in _example_options(src, group, example.module)}
         if not keep:
@@ -194,6 +208,28 @@ def write_conf(src: Path, dest: Path, example: Example, name: str) -> None:
     workflow_path.write_text(workflow)
 
 
+def write_command_conf(dest: Path, example: Example) -> None:
+    """A command project's conf/: ``runner: command`` with the script's argv, no model or dataset."""
+    for group in ("model", "dataset"):
+        shutil.rmtree(dest / group)
+    config_path = dest / "config.yaml"
+    lines = [ln for ln in config_path.read_text().splitlines(keepends=True)
+             if not re.match(r"^\s*- (model|dataset):", ln)]
+    config = set_default("".join(lines), "runner", "command", str(config_path))
+    config_path.write_text(config)
+    runner_path = dest / "runner" / "command.yaml"
+    text = set_yaml_value(runner_path.read_text(), ["argv"], str(example.argv), str(runner_path))
+    runner_path.write_text(set_yaml_value(text, ["resume_argv"], str(example.resume_argv), str(runner_path)))
+    for overlay in (dest / "freq").glob("*.yaml"):
+        if _switches_example(overlay):
+            overlay.unlink()
+    workflow_path = dest / "workflow.yaml"
+    workflow = set_list(workflow_path.read_text(), "sweep", [example.sweep], str(workflow_path))
+    workflow = set_yaml_value(workflow, ["analyze", "scripts"], "[" + ", ".join(example.analyses) + "]",
+                              str(workflow_path))
+    workflow_path.write_text(workflow)
+
+
 def create_project(target: str | Path, example: str = "digits", name: str | None = None) -> Path:
     """Write a new project into ``target`` (which must not exist or be empty)."""
     if example not in EXAMPLES:
@@ -217,14 +253,18 @@ def create_project(target: str | Path, example: str = "digits", name: str | None
         package = staging / "src" / name
         package.mkdir(parents=True)
         example_file = root / "src" / "expflow" / "examples" / f"{spec.module}.py"
-        shutil.copy2(example_file, package / f"{spec.module}.py")
+        if spec.script:  # a plain script at the project's root, run as runner=command
+            shutil.copy2(example_file, staging / "train.py")
+        else:
+            shutil.copy2(example_file, package / f"{spec.module}.py")
         (package / "__init__.py").write_text(f'"""{name}: an expflow project ({example} example)."""\n')
         (staging / "analysis").mkdir()
         for script in spec.scripts:
             shutil.copy2(root / "analysis" / f"{script}.py", staging / "analysis" / f"{script}.py")
         (staging / "pyproject.toml").write_text(PYPROJECT.format(name=name, example=example))
         (staging / ".gitignore").write_text(GITIGNORE)
-        (staging / "README.md").write_text(README.format(name=name, example=example, module=spec.module,
+        readme = COMMAND_README if spec.script else README
+        (staging / "README.md").write_text(readme.format(name=name, example=example, module=spec.module,
                                                          analyses=", ".join(spec.analyses)))
         if target.exists():
             target.rmdir()
@@ -280,6 +320,29 @@ open runs/report.html        # every run's curves and the sweep in one page
   code it was trained with.
 - `analysis/`: analysis scripts (`def analyze(ctx)`), run with `expflow analyze runs/<run_id> <script>`;
   the workflow runs {analyses} on every package.
+
+To train outside the workflow (`python -m expflow.train`), install the project first:
+`pip install -e .`.
+"""
+
+COMMAND_README = """\
+# {name}
+
+An expflow project, made by `expflow new --example {example}`: the training is a plain script,
+`train.py`, which expflow runs as `runner=command` (see `conf/runner/command.yaml`).
+
+```bash
+snakemake --cores 2          # the sweep in conf/workflow.yaml: package, train, analyze, report
+expflow status               # the runs, as they are now
+expflow continue runs/<id>   # resume a crashed run from its last checkpoint (runner.resume_argv)
+expflow rerun runs/<id>      # rerun it from its code snapshot and compare the records
+```
+
+- `train.py`: runs from each package's code snapshot with `EXPFLOW_CHECKPOINT_DIR`, `EXPFLOW_SEED`
+  and the GPU lease in its environment; `expflow.log(metrics, step)` records metrics (a no-op when
+  the script runs alone). Python, NumPy and torch are seeded before it starts.
+- `conf/`: `runner.argv` interpolates the config (`${{optim.lr}}`); `conf/workflow.yaml` names the runs.
+- The workflow runs {analyses} on every package.
 
 To train outside the workflow (`python -m expflow.train`), install the project first:
 `pip install -e .`.

@@ -176,7 +176,11 @@ def _config_summary(path: Path) -> dict[str, Any]:
     cfg = read_config(path)
     lifecycle = cfg.get("lifecycle") or {}
     trainer = cfg.get("trainer") or {}
-    return {"hold_best": lifecycle.get("hold_best"), "max_epochs": trainer.get("max_epochs")}
+    from expflow.runner import is_command
+
+    # A command run's epochs are its program's: trainer.max_epochs says nothing about them.
+    epochs = None if is_command(cfg) else trainer.get("max_epochs")
+    return {"hold_best": lifecycle.get("hold_best"), "max_epochs": epochs}
 
 
 def _devices(m: dict[str, Any]) -> str:
@@ -267,6 +271,8 @@ def duration_text(seconds: float | None) -> str:
 
 def progress_text(r: RunRow) -> str:
     steps = f"{r.step}/{r.total_steps}" if r.total_steps else str(r.step)
+    if not r.max_epochs and not r.epoch:  # a command run: its steps only
+        return f"step {steps}"
     epochs = f"ep {r.epoch}/{r.max_epochs}" if r.max_epochs else f"ep {r.epoch}"
     return f"{steps} {epochs}"
 

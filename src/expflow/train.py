@@ -1,5 +1,5 @@
 """``python -m expflow.train [overrides]`` (``-m`` to sweep): a thin ``@hydra.main``
-over :func:`expflow.trainer.train`. One save-package per run under ``paths.runs``."""
+over :func:`expflow.launch.train`. One save-package per run under ``paths.runs``."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ setup()
 
 @hydra.main(version_base="1.3", config_path=_config_path(), config_name="config")
 def main(cfg: DictConfig) -> dict[str, float]:
-    from expflow.trainer import train
+    from expflow.launch import train
 
     hc = HydraConfig.get()
     package_dir = os.path.normpath(hc.runtime.output_dir)  # a sweep job's dir is <sweep>/../../<run_id>

@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", default=None, help="latest, or the step of a checkpoint")
     args = parser.parse_args(argv)
     from expflow.package import SavePackage
-    from expflow.trainer import execute
+    from expflow.rank import execute
 
     resume = args.resume
     if resume not in (None, "latest"):

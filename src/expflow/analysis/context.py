@@ -108,6 +108,11 @@ class AnalysisContext:
     def data(self) -> DataModule:
         from hydra.utils import instantiate
 
+        from expflow.runner import is_command
+
+        if is_command(self.config) or self.config.get("dataset") is None:
+            raise NotApplicable("the run's data belongs to its program (a command run, or a runner without "
+                                "`dataset`): scripts that read the records, such as learning_curves, apply")
         self.device  # noqa: B018 (seeds first: a dataset may draw random numbers)
         return instantiate(self.config.dataset)
 
@@ -119,6 +124,8 @@ class AnalysisContext:
     def val_loader(self) -> DataLoader:
         from expflow.data import Shard, val_loader
 
+        if not hasattr(self.data, "val_set"):
+            raise NotApplicable(f"the dataset ({type(self.data).__name__}) has no val_set of (input, target) samples")
         return val_loader(self.data, Shard())
 
     @cached_property
@@ -155,6 +162,13 @@ class AnalysisContext:
     def model(self) -> torch.nn.Module:
         from hydra.utils import instantiate
 
+        from expflow.runner import is_command
+
+        if is_command(self.config):
+            raise NotApplicable("a command run's model belongs to its program; expflow cannot load it "
+                                "(scripts that read the records, such as learning_curves, apply)")
+        if self.config.get("model") is None:
+            raise NotApplicable("the run's config has no model to load")
         model = instantiate(self.config.model).to(self.device)
         model.eval()
         self._load_into(model, self._requested_step)
@@ -172,7 +186,13 @@ class AnalysisContext:
         store = self.package.checkpoints()
         info = store.find(step)
         state = store.load(info, map_location=self.device)
-        model.load_state_dict(state["model"])
+        from expflow.errors import CheckpointError
+        from expflow.loop import model_state
+
+        try:
+            model.load_state_dict(model_state(state))
+        except CheckpointError as e:
+            raise NotApplicable(f"{store.dir / info.file}: {e.one_line()}") from None
         model.eval()
         self._loaded = info
         return info
@@ -186,6 +206,9 @@ class AnalysisContext:
 
         with torch.no_grad():
             for batch in loader if loader is not None else self.val_loader:
+                if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+                    raise NotApplicable(f"the data's batches are {type(batch).__name__}s, not (input, target) "
+                                        "pairs: write an analysis for this runner")
                 x, y = to_device(batch, self.device)  # type: ignore[misc]
                 yield self.model(x), y
 

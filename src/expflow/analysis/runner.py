@@ -77,8 +77,8 @@ def run_analysis(
     from omegaconf import OmegaConf
 
     from expflow.gpu import place_job
+    from expflow.launch import die_with_parent
     from expflow.paths import check_writable
-    from expflow.trainer import _die_with_parent
 
     ref = find_script(script, project_dir, pkg)
     cfg = pkg.config()
@@ -102,7 +102,7 @@ def run_analysis(
                    on_wait=on_wait) as placement:
         env.update(placement.env)
         proc = subprocess.run(cmd, env=env, cwd=project_dir,
-                              preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                              preexec_fn=die_with_parent if sys.platform == "linux" else None)
     if proc.returncode > 0:
         error = AnalysisError(f"analysis {ref.name} of {pkg.path} failed (exit code {proc.returncode})")
         error.reported = True  # the analysis process printed its own one-line error

@@ -18,6 +18,7 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from expflow.config import placeholders
 from expflow.config.checks import check_credentials, check_known_keys, check_numbers, short
 from expflow.config.schema import CHOICES, register_configs
 from expflow.errors import ConfigError
@@ -34,6 +35,7 @@ def register_resolvers() -> None:
     # Not cached: Hydra deep-copies the sweep's master config (cache included) into each
     # job. The package directory Hydra makes fixes the id; train() pins run_id to it.
     OmegaConf.register_new_resolver("expflow_run_id", new_run_id, use_cache=False, replace=True)
+    placeholders.register()  # ${expflow:checkpoint} and co. stay as written until launch
 
 
 def setup() -> None:

@@ -71,8 +71,9 @@ class ExpflowConfig:
     run_id: str = "${expflow_run_id:}"
     paths: PathsConfig = field(default_factory=PathsConfig)
     code: CodeConfig = field(default_factory=CodeConfig)
-    model: Any = MISSING
-    dataset: Any = MISSING
+    # What the supervised runner trains on (null for a runner that builds its own, or a command)
+    model: Any = None
+    dataset: Any = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -80,6 +81,9 @@ class ExpflowConfig:
     gpu: GpuConfig = field(default_factory=GpuConfig)
     # Untyped: a user's lifecycle class (``_target_``) may take parameters of its own.
     lifecycle: Any = MISSING
+    # What a step does (expflow.runner): a Runner class (``_target_``, with its own
+    # parameters), or ``runner=command`` for a whole program; null: the supervised runner.
+    runner: Any = None
 
 
 # -- schemas of the shipped example options ---------------------------------------
@@ -121,6 +125,25 @@ class QuadraticDataConfig:
     n_train: int = 4096
     n_val: int = 101
     split_seed: int = 0
+
+
+@dataclass
+class CommandRunnerConfig:
+    """``runner=command``: the run is a program (expflow.runner.command)."""
+
+    _target_: str = "expflow.runner.command.CommandRunner"
+    argv: list[str] = MISSING  # the program and its arguments; ${...} interpolates the config
+    # Added to argv by `expflow continue` and workflow retries, e.g. [--resume, "${expflow:checkpoint}"];
+    # empty: a continued command starts over.
+    resume_argv: list[str] = field(default_factory=list)
+    cwd: str = "."  # where it runs, relative to the package's code snapshot
+    env: dict[str, str] = field(default_factory=dict)  # extra environment variables
+    # Tracker files the program writes, read into the package's records while it runs
+    # (kinds: swanlab, wandb, tensorboard, csv; or {kind, path, step} mappings).
+    ingest: list[Any] = field(default_factory=lambda: ["swanlab", "wandb", "tensorboard"])
+    ingest_every_s: float = 2.0
+    seed_python: bool = True  # seed random/NumPy/torch in every Python process of the command
+    stop_grace_s: float = 10.0  # after forwarding SIGTERM/SIGINT, seconds before SIGKILL
 
 
 @dataclass
@@ -179,6 +202,7 @@ def register_configs() -> None:
         ("tracker", "mlflow", MlflowTrackerConfig),
         ("tracker", "multi", MultiTrackerConfig),
         ("gpu", "gpu", GpuConfig),
+        ("runner", "command", CommandRunnerConfig),
     ):
         cs.store(group=f"schema/{group}", name=name, node=node)
 
@@ -211,4 +235,6 @@ RANGES: dict[str, Range] = {
     "checkpoint.slow_every": Range(0, integer=True),
     "checkpoint.slow_keep": Range(0, integer=True),
     "checkpoint.persistent_keep": Range(0, integer=True),
+    "runner.ingest_every_s": Range(0, low_open=True),
+    "runner.stop_grace_s": Range(0),
 }

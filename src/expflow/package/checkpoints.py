@@ -138,8 +138,8 @@ class CheckpointStore:
             state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
         except Exception as e:  # torch raises many types for a bad file
             raise CheckpointError(f"{path}: corrupt checkpoint ({e.__class__.__name__})") from None
-        if not isinstance(state, dict) or "model" not in state:
-            raise CheckpointError(f"{path}: not an expflow checkpoint (no model state)")
+        if not isinstance(state, dict) or not ("runner" in state or "model" in state):
+            raise CheckpointError(f"{path}: not an expflow checkpoint (no runner or model state)")
         return state
 
     # -- writing ---------------------------------------------------------------

@@ -368,6 +368,9 @@ class SavePackage:
     def config(self) -> Any:
         from omegaconf import DictConfig, OmegaConf
 
+        from expflow.config import placeholders
+
+        placeholders.register()  # a command run's ${expflow:checkpoint} resolves to itself
         data = shapes.read_bytes(self.config_path, "config", "a YAML file")
         if data is None:
             raise PackageError(f"{self.config_path}: missing resolved config")

@@ -345,7 +345,7 @@ def schema_shape(cls: type) -> Shape:
     return Obj(fields_)
 
 
-_SECTIONS = ("model", "dataset", "tracker", "lifecycle")
+_SECTIONS = ("model", "dataset", "tracker", "lifecycle", "runner")
 _CONFIG_SHAPE: Shape | None = None
 
 

@@ -1,0 +1,233 @@
+"""Launching a package: materialize it from a config, lease its GPUs, run it (fresh or continued).
+
+``train(cfg)`` is the plain function behind ``python -m expflow.train``; ``run_package(pkg)``
+is what the workflow's train rule and ``expflow continue`` run; ``launch(pkg)`` runs a package
+in child processes (torchrun for DDP, or from the package's code snapshot for continue and
+rerun). A Python runner's rank executes in :mod:`expflow.rank`; a command run
+(``runner=command``) is supervised by :mod:`expflow.runner.command`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from expflow.errors import PackageError, RunCrashed
+from expflow.package import SavePackage, Status
+from expflow.paths import check_package_writable, check_writable
+
+
+@dataclass
+class RunResult:
+    package: SavePackage
+    status: Status
+    metrics: dict[str, float]
+
+
+# -- entry points -----------------------------------------------------------------
+def create_package(
+    cfg: DictConfig,
+    *,
+    overrides: Sequence[str] = (),
+    package_dir: str | os.PathLike[str] | None = None,
+    hydra_files: dict[str, str] | None = None,
+    claim: bool = False,
+) -> SavePackage:
+    """Validate ``cfg`` and materialize its package (code snapshot before training starts).
+
+    ``claim``: this process runs the package next (a kill before it leaves QUEUED shows
+    CRASHED); without it the package is pending, for ``expflow run`` later."""
+    from expflow.config import resolve, setup, validate_config
+
+    setup()
+    validate_config(cfg)
+    cfg = cfg.copy()
+    if package_dir is None:
+        cfg.run_id = str(cfg.run_id)  # resolve the generated id once
+        package_dir = Path(str(cfg.paths.runs)) / cfg.run_id
+    else:
+        cfg.run_id = Path(package_dir).name
+    container = resolve(cfg)
+    code = container["code"]
+    # Where the package and the code store go must take files: one line naming the path if not.
+    check_writable(Path(package_dir).parent, what="paths.runs")
+    check_writable(container["paths"]["store"], what="paths.store")
+    return SavePackage.create(
+        package_dir,
+        config=container,
+        overrides=overrides,
+        store=container["paths"]["store"],
+        code_root=code["root"],
+        code_include=code["include"],
+        code_exclude=code["exclude"],
+        hydra_files=hydra_files,
+        claim=claim,
+    )
+
+
+def train(
+    cfg: DictConfig,
+    *,
+    overrides: Sequence[str] = (),
+    package_dir: str | os.PathLike[str] | None = None,
+    hydra_files: dict[str, str] | None = None,
+) -> RunResult:
+    """Materialize the package for ``cfg`` and train it to the end."""
+    pkg = create_package(cfg, overrides=overrides, package_dir=package_dir, hydra_files=hydra_files, claim=True)
+    return run_package(pkg, from_snapshot=False)
+
+
+def run_package(pkg: SavePackage, *, from_snapshot: bool = True, wait: bool = True,
+                resume: str | int | None = None, completed: bool = False) -> RunResult:
+    """Train a package to the end, or continue it after a crash; a COMPLETED package is left as
+    it is unless ``completed`` (``expflow continue --force``).
+
+    ``resume``: the checkpoint to continue from (a step or ``"latest"``); by default the
+    latest once the package has been started. Leases the run's GPUs first (status QUEUED while
+    waiting) and releases them on every exit path. This is what the workflow's train rule and
+    ``expflow continue`` run, retries included.
+    """
+    from expflow.gpu import place_job
+    from expflow.runner import is_command
+    from expflow.runner.command import run_command
+
+    status = pkg.status()
+    if status is Status.COMPLETED and not completed:
+        return RunResult(pkg, status, _last_metrics(pkg))
+    pkg.check()  # a damaged file is one line before the package is touched (claimed, leased)
+    if status.active and pkg.manifest().get("attempts"):
+        raise PackageError(f"{pkg.path}: the run is {status.value} in a live process")
+    check_package_writable(pkg.path)  # before anything is written to it
+    cfg = pkg.config()
+    if resume is None:
+        resume = "latest" if pkg.manifest().get("attempts") else None
+    gpu = cfg.gpu
+
+    def waiting() -> None:
+        pkg.set_status(Status.QUEUED, note=f"waiting for {gpu.count} GPU(s)", claim=True)
+
+    # Claimed (QUEUED) from here: killed before the run leaves QUEUED, the package shows CRASHED.
+    claimed = pkg.claim()
+    with claimed, place_job(int(gpu.count), int(gpu.mem_mb), int(gpu.max_jobs_per_gpu), bool(gpu.allow_cpu),
+                            owner=str(pkg.path.resolve()), on_wait=waiting, wait=wait) as placement:
+        acquired = time.time()
+
+        def record_lease(m: dict[str, Any]) -> None:
+            m["gpus"] = placement.gpus
+            m["lease"] = placement.lease.to_json() if placement.lease else None
+            m.setdefault("leases", []).append({"gpus": placement.gpus, "acquired": acquired, "released": None})
+            job = scheduler_job()
+            if job:
+                m.setdefault("scheduler_jobs", []).append(job)
+
+        pkg.update_manifest(record_lease)
+        real_gpus = placement.lease is not None and not placement.simulated
+        saved = {k: os.environ.get(k) for k in placement.env}
+        try:
+            if is_command(cfg):  # the program is the child; this process supervises it
+                return run_command(pkg, resume=resume, extra_env=placement.env)
+            if from_snapshot or real_gpus or int(cfg.trainer.processes) > 1:
+                # A child process: CUDA_VISIBLE_DEVICES must be set before CUDA starts.
+                return launch(pkg, resume=resume, from_snapshot=from_snapshot, extra_env=placement.env)
+            os.environ.update(placement.env)
+            from expflow.rank import execute
+
+            return execute(pkg, resume=resume)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            released = time.time()
+            pkg.update_manifest(lambda m: m["leases"][-1].update(released=released))
+
+
+def launch(
+    pkg: SavePackage,
+    *,
+    resume: str | int | None = None,
+    from_snapshot: bool = False,
+    extra_env: dict[str, str] | None = None,
+) -> RunResult:
+    """Run ``pkg`` in child processes: torchrun for ``trainer.processes > 1``; with
+    ``from_snapshot`` the package's own code comes first on the import path."""
+    from expflow.runner import is_command
+
+    check_package_writable(pkg.path)  # a read-only or full package: one line here, no child started
+    cfg = pkg.config()
+    if is_command(cfg):  # a program: it runs from the snapshot anyway
+        from expflow.runner.command import run_command
+
+        return run_command(pkg, resume=resume, extra_env=extra_env)
+    env = dict(os.environ, **(extra_env or {}))
+    if from_snapshot:
+        paths = [str((pkg.code_dir / p).resolve()) for p in OmegaConf.select(cfg, "code.pythonpath", default=["src", "."])]
+        env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        env["PYTHONSAFEPATH"] = "1"  # the working directory must not shadow the snapshot
+    worker = ["-m", "expflow.worker", str(pkg.path.resolve())]
+    if resume is not None:
+        worker += ["--resume", str(resume)]
+    processes = int(OmegaConf.select(cfg, "trainer.processes", default=1))
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+                     f"--nproc-per-node={processes}"]
+    cmd = launcher + worker
+    with pkg.claim():  # a QUEUED package (a rerun's): killed before the child starts, it shows CRASHED
+        proc = subprocess.run(cmd, env=env, preexec_fn=die_with_parent if sys.platform == "linux" else None)
+    status = pkg.status()
+    if proc.returncode != 0 or status is not Status.COMPLETED:
+        error = pkg.manifest().get("error") or {}
+        detail = f"{error.get('type')}: {error.get('message')}" if error else f"exit code {proc.returncode}"
+        error = RunCrashed(f"run {pkg.run_id} crashed: {detail} (logs in {pkg.logs_dir})")
+        # A child that exited with an error code printed its own one-line error; one killed
+        # by a signal (negative code) printed nothing, so this error must be shown.
+        error.reported = proc.returncode > 0
+        raise error
+    return RunResult(pkg, status, _last_metrics(pkg))
+
+
+def scheduler_job(environ: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """The Slurm job this process runs in (id, node, granted GPUs), or None outside Slurm."""
+    environ = os.environ if environ is None else environ
+    job_id = environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID")
+    if not job_id:
+        return None
+    return {
+        "scheduler": "slurm",
+        "job_id": job_id,
+        "node": environ.get("SLURMD_NODENAME") or environ.get("SLURM_NODELIST"),
+        "granted_gpus": environ.get("EXPFLOW_GRANTED_DEVICES", environ.get("CUDA_VISIBLE_DEVICES")),
+        "time": _now(),
+    }
+
+
+def die_with_parent() -> None:
+    """In a launched child: receive SIGTERM when the launcher dies, even by SIGKILL,
+    so no worker trains on unattended (the worker marks its package CRASHED)."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _last_metrics(pkg: SavePackage) -> dict[str, float]:
+    from expflow.package import last_values
+
+    return last_values(pkg.scan_records().records)
+
+
+def _now() -> str:
+    from expflow.package import utc_now
+
+    return utc_now()

@@ -1,0 +1,278 @@
+"""The training loop: where a runner (:mod:`expflow.runner`) plugs in.
+
+The loop owns the epochs and steps, asks the lifecycle what to do next (validate, save, hold,
+stop), records metrics, mirrors them to the tracker, and writes and restores checkpoints. The
+runner owns what a step, a validation pass and a visualization do. One :class:`Loop` per rank;
+:func:`expflow.rank.execute` builds it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from expflow.errors import CheckpointError, ConfigError
+from expflow.package import SavePackage
+from expflow.package.records import RecordWriter
+from expflow.runner import SUPERVISED, RunContext, Runner
+
+# 1: the supervised loop's own keys (model, optimizer, scheduler); 2: a runner's state_dict.
+CHECKPOINT_FORMAT = 2
+READABLE_FORMATS = (1, 2)
+
+
+def build_runner(cfg: DictConfig, ctx: RunContext) -> Runner:
+    """The config's runner (``runner._target_``, the supervised one without a ``runner``), built."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    node = OmegaConf.select(cfg, "runner", default=None)
+    if node is None:
+        node = OmegaConf.create({"_target_": SUPERVISED})
+    try:
+        runner = instantiate(node)
+    except InstantiationException as e:
+        raise ConfigError(f"runner: cannot build {node.get('_target_')!r}: {str(e).splitlines()[0]}") from None
+    for method in ("build", "train_data", "train_step"):
+        if not callable(getattr(runner, method, None)):
+            raise ConfigError(f"runner: {type(runner).__module__}.{type(runner).__qualname__} has no "
+                              f"{method}() (a runner subclasses expflow.runner.Runner)")
+    runner.ctx = ctx
+    runner.build(ctx)
+    return runner
+
+
+class Loop:
+    """The objects of one rank's run (runner, lifecycle, tracker, state) and its loop."""
+
+    def __init__(self, pkg: SavePackage, cfg: DictConfig, env: Any, device: Any,
+                 writer: RecordWriter | None, logs: Any, heartbeat: Any = None):
+        from hydra.utils import instantiate
+
+        from expflow.lifecycle import TrainState
+        from expflow.runlog import ProgressReporter
+        from expflow.tracking import build_tracker
+
+        self.pkg, self.cfg, self.env, self.device, self.writer = pkg, cfg, env, device, writer
+        self.heartbeat = heartbeat
+        self.state = TrainState(config=cfg, max_epochs=int(cfg.trainer.max_epochs), rank=env.rank)
+        self.ctx = RunContext(cfg=cfg, device=device, rank=env.rank, local_rank=env.local_rank,
+                              world_size=env.world_size, package_dir=pkg.path, seed=int(cfg.seed),
+                              _log=lambda values: self.log(values, self.state.epoch + 1))
+        self.runner = build_runner(cfg, self.ctx)
+        self.lifecycle = instantiate(cfg.lifecycle)
+        # Rank 0 only (a NullTracker elsewhere); a failing tracker never stops training.
+        self.tracker = build_tracker(cfg.tracker, is_main=env.is_main, run_dir=pkg.tracker_dir, run_id=pkg.run_id)
+        if env.is_main:
+            self.tracker.log_config(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+        self.steps_per_epoch = _length(self.runner.train_data(0))
+        total = self.steps_per_epoch * self.state.max_epochs if self.steps_per_epoch is not None else 0
+        self.reporter = ProgressReporter(str(cfg.trainer.progress), logs, total, pkg.path.name, enabled=env.is_main)
+        self.log_every = int(cfg.trainer.log_every_n_steps)
+
+    # -- checkpoints -------------------------------------------------------------
+    def restore(self, checkpoint: tuple[Any, dict[str, Any]] | None) -> None:
+        """Load a verified checkpoint (None: none yet, start over) and roll the records back."""
+        from expflow.seeding import restore_rng_state
+
+        store = self.pkg.checkpoints()
+        if checkpoint is None:
+            start = -1  # killed before the first checkpoint: start over, drop its records
+            self.reporter.line(f"[{self.pkg.path.name}] no checkpoint yet: starting from the beginning")
+        else:
+            info, ck = checkpoint
+            if ck["format"] == 1:
+                runner_state = {k: ck.get(k) for k in ("model", "optimizer", "scheduler")}
+            else:
+                runner_state = ck["runner"]
+            self.runner.load_state_dict(runner_state)
+            self.lifecycle.load_state_dict(ck.get("lifecycle") or {})
+            rng = ck["rng"]
+            restore_rng_state(rng[self.env.rank] if len(rng) == self.env.world_size else rng[0])
+            self.state.epoch, self.state.step = int(ck["epoch"]), int(ck["step"])
+            self.state.metrics = dict(ck.get("metrics") or {})
+            start = info.step
+            self.reporter.line(f"[{self.pkg.path.name}] continuing from checkpoint at step {info.step} (epoch {info.epoch})")
+        if self.env.is_main:
+            store.truncate_after(start)
+            assert self.writer is not None
+            self.writer.rollback(start)
+            self.pkg.update_manifest(lambda m: m.setdefault("attempts", []).append(
+                {"kind": "continue", "from_step": start, "time": _now()}))
+
+    def save(self, hold: bool) -> None:
+        from expflow import distributed
+        from expflow.seeding import capture_rng_state
+
+        rng = distributed.gather_objects(capture_rng_state())
+        if self.env.is_main:
+            assert self.writer is not None
+            self.writer.flush()  # a checkpoint never exists before the records it covers are on disk
+            state = {
+                "format": CHECKPOINT_FORMAT,
+                "runner": self.runner.state_dict(),
+                "lifecycle": self.lifecycle.state_dict(),
+                "rng": rng,
+                "world_size": self.env.world_size,
+                "step": self.state.step,
+                "epoch": self.state.epoch,
+                "metrics": dict(self.state.metrics),
+                "config": OmegaConf.to_container(self.cfg, resolve=True),
+            }
+            self.pkg.checkpoints().save(state, step=self.state.step, epoch=self.state.epoch, hold=hold)
+        distributed.barrier()
+
+    # -- metrics ---------------------------------------------------------------
+    def log(self, values: dict[str, Any], epoch: int | None) -> None:
+        """Record ``values`` at the current step (rank 0): queued for the package's record
+        writer (microseconds; acknowledged at the next checkpoint or ``flush``), then mirrored
+        to the tracker."""
+        values = {k: _number(k, v) for k, v in values.items()}
+        self.state.metrics.update(values)
+        if self.writer is not None:
+            self.writer.log(values, step=self.state.step, epoch=epoch)
+            self.tracker.log(values, self.state.step)
+
+    def _ranks_mean(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """A step's metrics averaged over the ranks (every rank must return the same keys)."""
+        if not self.env.distributed:
+            return metrics
+        import torch
+
+        from expflow import distributed
+
+        keys = sorted(metrics)
+        stacked = torch.stack([torch.as_tensor(_detached(metrics[k]), dtype=torch.float64, device=self.device).reshape(())
+                               for k in keys])
+        mean = distributed.all_reduce_sum(stacked) / self.env.world_size
+        return dict(zip(keys, mean.tolist(), strict=True))
+
+    def progress(self) -> dict[str, Any]:
+        return {"epoch": self.state.epoch, "step": self.state.step, "max_epochs": self.state.max_epochs,
+                "steps_per_epoch": self.steps_per_epoch}
+
+    # -- the loop ------------------------------------------------------------------
+    def run(self) -> None:
+        from expflow.client import activate
+        from expflow.lifecycle import SKIP
+
+        lc, state = self.lifecycle, self.state
+        # expflow.log() anywhere in the runner's code records at the current step.
+        with activate(lambda values, step, epoch: self.log(values, epoch if epoch is not None else state.epoch + 1)):
+            try:
+                if lc.before_run(state) != SKIP:
+                    while lc.need_continue(state):
+                        self.one_epoch()
+                lc.after_run(state)
+            finally:
+                self.reporter.close()
+
+    def one_epoch(self) -> None:
+        from expflow.lifecycle import SKIP
+        from expflow.runlog import format_metrics
+
+        runner, lc, state = self.runner, self.lifecycle, self.state
+        epoch_no = state.epoch + 1
+        epoch_values: dict[str, Any] = {}
+        if lc.before_epoch(state) != SKIP:
+            self.ctx.set_epoch(state.epoch)
+            runner.train_mode(True)
+            log_every, log, mean = self.log_every, self.log, self._ranks_mean
+            before, after, advance = lc.before_train_step, lc.after_train_step, self.reporter.advance
+            train_step = runner.train_step
+            description = f"epoch {epoch_no}/{state.max_epochs}"
+            for b, batch in enumerate(runner.train_data(state.epoch)):
+                state.batch = b
+                if before(state) == SKIP:
+                    after(state)
+                    continue
+                metrics = train_step(batch, state)
+                state.step += 1
+                if metrics and state.step % log_every == 0:
+                    log(mean(metrics), epoch_no)
+                after(state)
+                advance(state.step, description)
+            epoch_values.update(runner.end_epoch(state) or {})
+        state.epoch = epoch_no
+        state.batch = 0
+        lc.after_epoch(state)
+        if lc.need_validation(state):
+            if lc.before_validation(state) != SKIP:
+                runner.train_mode(False)
+                try:
+                    epoch_values.update(runner.validate(state) or {})
+                    runner.visualize(state)
+                finally:
+                    runner.train_mode(True)
+            lc.after_validation(state)
+        if epoch_values:
+            self.log(epoch_values, epoch_no)
+        self.reporter.line(
+            f"[{self.pkg.path.name}] epoch {epoch_no}/{state.max_epochs} step {state.step} {format_metrics(epoch_values)}"
+        )
+        if lc.need_save(state):
+            if lc.before_save(state) != SKIP:
+                self.save(hold=bool(lc.hold_checkpoint(state)))
+            lc.after_save(state)
+        if self.env.is_main:
+            self.pkg.update_manifest(lambda m: m.__setitem__("progress", self.progress()))
+        if self.heartbeat is not None:
+            self.heartbeat.fields = {"step": state.step, "epoch": state.epoch}
+
+
+def checkpoint_to_resume(pkg: SavePackage, resume: str | int) -> tuple[Any, dict[str, Any]] | None:
+    """The verified checkpoint to continue from (None: ``latest`` and none yet)."""
+    store = pkg.checkpoints()
+    if resume == "latest" and not store.list():
+        return None
+    info = store.find(None if resume == "latest" else int(resume))
+    ck = store.load(info, map_location="cpu")
+    if ck.get("format") not in READABLE_FORMATS:
+        raise CheckpointError(f"{store.dir / info.file}: unknown checkpoint format {ck.get('format')!r}")
+    if ck["format"] == 2 and not isinstance(ck.get("runner"), dict):
+        raise CheckpointError(f"{store.dir / info.file}: key 'runner': expected the runner's state (a mapping)")
+    return info, ck
+
+
+def model_state(ck: dict[str, Any]) -> Any:
+    """A checkpoint's ``model`` state (the supervised runner's, or a runner's ``model`` attribute)."""
+    if ck.get("format") == 1:
+        return ck["model"]
+    runner = ck.get("runner") or {}
+    if "model" not in runner:
+        raise CheckpointError(f"the checkpoint holds no 'model' state (the runner saved: {', '.join(sorted(runner)) or 'nothing'})")
+    return runner["model"]
+
+
+def _length(data: Any) -> int | None:
+    try:
+        return len(data)
+    except TypeError:
+        return None
+
+
+def _detached(value: Any) -> Any:
+    detach = getattr(value, "detach", None)
+    return detach() if callable(detach) else value
+
+
+def _number(name: str, value: Any) -> float:
+    """A metric value as a float: a number, a one-element tensor or NumPy scalar."""
+    if type(value) is float:
+        return value
+    if hasattr(value, "item"):
+        try:
+            value = value.item()
+        except (ValueError, RuntimeError):
+            raise TypeError(f"metric {name!r}: expected a number or a one-element tensor, "
+                            f"got shape {list(getattr(value, 'shape', []))}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"metric {name!r}: expected a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _now() -> str:
+    from expflow.package import utc_now
+
+    return utc_now()

@@ -1,0 +1,447 @@
+"""``runner=command``: a whole program as the run (a plain ``train.py``, ``accelerate launch``,
+``torchrun``, an RL framework's entry point).
+
+expflow materializes the package first, leases the GPUs, then supervises the program: it runs
+from the package's code snapshot (never the working tree), with
+
+- ``CUDA_VISIBLE_DEVICES`` of the lease;
+- ``EXPFLOW_PACKAGE``, ``EXPFLOW_CHECKPOINT_DIR`` (``<package>/checkpoints/program/``: write
+  checkpoints there, named with their step, e.g. ``step_120.pt``), ``EXPFLOW_SEED``,
+  ``EXPFLOW_RESUME_CHECKPOINT`` (empty on a fresh start) and ``EXPFLOW_METRICS_SOCKET``
+  (what :func:`expflow.log` sends to);
+- every Python process of the program seeded before user code runs
+  (:mod:`expflow.runner.pyseed`, unless ``runner.seed_python=false``);
+- SwanLab and W&B steered to offline logs under ``<package>/tracker/``, which expflow reads
+  into the package's records while the program runs and at its end (``runner.ingest``).
+
+stdout and stderr go to the terminal and to ``logs/rank0.out`` / ``logs/rank0.err``. The
+status, heartbeat and CRASHED detection are those of any run (this process beats the
+heartbeat). SIGTERM and SIGINT (Ctrl-C) are forwarded to the program's whole process group
+(torchrun's workers included); after ``runner.stop_grace_s`` seconds the group is killed.
+
+Continue: with a ``runner.resume_argv`` (``[--resume, "${expflow:checkpoint}"]``) and a
+checkpoint in the checkpoint directory, the program is restarted with those arguments and the
+records after the checkpoint's step are rolled back; otherwise it starts over (and says so).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from expflow.config import placeholders
+from expflow.errors import ConfigError, ExpflowError, RunCrashed
+from expflow.package import SavePackage, Status, last_values, utc_now
+from expflow.paths import WriteError, check_package_writable, write_error
+
+PROGRAM_CHECKPOINTS = "program"  # <package>/checkpoints/program/
+_STEP = re.compile(r"(\d+)")
+
+
+class CommandRunner:
+    """The config node of ``runner=command`` (see the module doc); it has no Python step."""
+
+    def __init__(self, argv: list[str], resume_argv: list[str] | None = None, cwd: str = ".",
+                 env: dict[str, str] | None = None, ingest: list[Any] | None = None,
+                 ingest_every_s: float = 2.0, seed_python: bool = True, stop_grace_s: float = 10.0):
+        self.spec = CommandSpec(list(argv), list(resume_argv or []), cwd, dict(env or {}),
+                                list(ingest) if ingest is not None else ["swanlab", "wandb", "tensorboard"],
+                                float(ingest_every_s), bool(seed_python), float(stop_grace_s))
+
+    def build(self, ctx: Any) -> None:
+        raise ConfigError("runner=command runs a program, not a training step: run it with "
+                          "`python -m expflow.train runner=command ...`, `expflow run` or the workflow")
+
+    train_data = train_step = build  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    argv: list[str]
+    resume_argv: list[str]
+    cwd: str
+    env: dict[str, str]
+    ingest: list[Any]
+    ingest_every_s: float
+    seed_python: bool
+    stop_grace_s: float
+
+    @classmethod
+    def from_config(cls, cfg: Any, where: str) -> CommandSpec:
+        from omegaconf import OmegaConf
+
+        node = OmegaConf.to_container(cfg.runner, resolve=True)
+        assert isinstance(node, dict)
+
+        def strings(key: str, allow_empty: bool) -> list[str]:
+            value = node.get(key)
+            if value is None:
+                value = []
+            if not isinstance(value, list) or not all(isinstance(a, (str, int, float)) and not isinstance(a, bool)
+                                                      for a in value):
+                raise ConfigError(f"{where}: runner.{key}: expected a list of strings, got {value!r}")
+            if not value and not allow_empty:
+                raise ConfigError(f"{where}: runner.{key}: empty; give the program and its arguments, "
+                                  f"e.g. runner.argv='[python,train.py]'")
+            return [str(a) for a in value]
+
+        env = node.get("env") or {}
+        if not isinstance(env, dict):
+            raise ConfigError(f"{where}: runner.env: expected a mapping of variable names to values")
+        return cls(
+            argv=strings("argv", False),
+            resume_argv=strings("resume_argv", True),
+            cwd=str(node.get("cwd") or "."),
+            env={str(k): str(v) for k, v in env.items()},
+            ingest=list(node.get("ingest") or []),
+            ingest_every_s=float(node.get("ingest_every_s") or 2.0),
+            seed_python=bool(node.get("seed_python", True)),
+            stop_grace_s=float(node.get("stop_grace_s", 10.0)),
+        )
+
+
+def program_checkpoint_dir(pkg: SavePackage) -> Path:
+    return pkg.checkpoints_dir / PROGRAM_CHECKPOINTS
+
+
+def latest_program_checkpoint(pkg: SavePackage) -> tuple[Path, int | None] | None:
+    """The program's newest checkpoint (file or directory) and the step in its name: the
+    highest step, else the newest; names starting with '.' or ending in .tmp/.partial are
+    writes in progress."""
+    directory = program_checkpoint_dir(pkg)
+    try:
+        entries = [p for p in directory.iterdir()
+                   if not p.name.startswith(".") and not p.name.endswith((".tmp", ".partial"))]
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise write_error(e) from None
+    if not entries:
+        return None
+
+    def key(p: Path) -> tuple[int, float]:
+        steps = _STEP.findall(p.name)
+        try:
+            mtime = p.stat().st_mtime
+        except OSError:
+            mtime = 0.0
+        return (int(steps[-1]) if steps else -1, mtime)
+
+    best = max(entries, key=key)
+    step = key(best)[0]
+    return best, (step if step >= 0 else None)
+
+
+# -- supervising the program ---------------------------------------------------------
+class _Tee(threading.Thread):
+    """Copies one of the program's streams to a log file and to the terminal."""
+
+    def __init__(self, source: IO[bytes], log: IO[bytes], terminal: IO[bytes] | None, keep_last: bool):
+        super().__init__(daemon=True, name="expflow-command-tee")
+        self.source, self.log, self.terminal = source, log, terminal
+        self.keep_last = keep_last
+        self.last_line = b""
+
+    def run(self) -> None:
+        fd = self.source.fileno()
+        tail = b""
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            for out in (self.log, self.terminal):
+                if out is None:
+                    continue
+                try:
+                    out.write(chunk)
+                    out.flush()
+                except (OSError, ValueError):
+                    if out is self.terminal:
+                        self.terminal = None  # a closed terminal never stops the program's logs
+            if self.keep_last:
+                tail = (tail + chunk)[-4096:]
+                lines = [ln for ln in tail.splitlines() if ln.strip()]
+                if lines:
+                    self.last_line = lines[-1]
+        self.source.close()
+
+
+class _SerialWriter:
+    """The package's record writer, shared by the metrics channel's thread and the tracker
+    ingest (this thread): RecordWriter.log is for one thread at a time."""
+
+    def __init__(self, writer: Any):
+        self._writer = writer
+        self._lock = threading.Lock()
+
+    def log(self, values: dict[str, Any], step: int, epoch: int | None = None) -> int:
+        with self._lock:
+            return self._writer.log(values, step=step, epoch=epoch)
+
+    def rollback(self, to_step: int) -> int:
+        with self._lock:
+            return self._writer.rollback(to_step)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._writer, name)
+
+
+def run_command(pkg: SavePackage, *, resume: str | int | None = None,
+                extra_env: dict[str, str] | None = None) -> Any:
+    """Run a command package's program to its end (``resume``: a continue); returns a
+    :class:`expflow.launch.RunResult`, raises RunCrashed when the program fails."""
+    from expflow.launch import RunResult
+
+    check_package_writable(pkg.path)
+    cfg = pkg.config()
+    spec = CommandSpec.from_config(cfg, str(pkg.config_path))
+    try:
+        status = _supervise(pkg, cfg, spec, resume, extra_env or {})
+    except WriteError as e:
+        raise write_error(e) from None
+    return RunResult(pkg, status, last_values(pkg.scan_records().records))
+
+
+def _supervise(pkg: SavePackage, cfg: Any, spec: CommandSpec, resume: str | int | None,
+               extra_env: dict[str, str]) -> Status:
+    from expflow.rank import Heartbeat
+    from expflow.runlog import RankLogs
+    from expflow.runner.channel import MetricsChannel
+    from expflow.runner.ingest import TrackerIngest, parse_sources, tracker_env
+    from expflow.runner.pyseed import seeded_env
+
+    sources = parse_sources(spec.ingest)
+    cwd = (pkg.code_dir / spec.cwd).resolve()
+    if not cwd.is_dir():
+        raise ConfigError(f"{pkg.config_path}: runner.cwd: {spec.cwd!r} is not a directory of the code snapshot")
+    checkpoint_dir = program_checkpoint_dir(pkg)
+    found = latest_program_checkpoint(pkg) if resume is not None else None
+    resuming = found is not None and bool(spec.resume_argv)
+    logs = RankLogs(pkg.logs_dir, 0)
+    logs.__enter__()  # the supervisor's own lines go to the logs too
+    heartbeat = Heartbeat(pkg, float(cfg.trainer.heartbeat_s))
+    channel: MetricsChannel | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    writer: Any = None
+    own_writer = None
+    try:
+        own_writer = pkg.record_writer()
+        writer = _SerialWriter(own_writer)
+        kind = "continue" if resume is not None else "train"
+        pkg.set_status(Status.PREPARING, error=None, note=kind)
+        name = pkg.path.name
+        if resume is None:
+            pkg.update_manifest(lambda m: m.setdefault("attempts", []).append({"kind": kind, "time": utc_now()}))
+        else:
+            if resuming:
+                assert found is not None
+                start = found[1]
+                print(f"[{name}] resuming the command from {found[0]}", flush=True)
+            else:
+                start = -1
+                why = "no runner.resume_argv" if not spec.resume_argv else "no checkpoint in " + str(checkpoint_dir)
+                print(f"[{name}] {why}: the command starts over", flush=True)
+            if start is not None:
+                writer.rollback(start)  # the resumed program logs the later steps again
+            pkg.update_manifest(lambda m: m.setdefault("attempts", []).append(
+                {"kind": "continue", "from_step": start, "time": utc_now(),
+                 "checkpoint": str(found[0]) if resuming and found else None}))
+        heartbeat.start()
+        channel = MetricsChannel(writer, on_problem=lambda line: print(f"expflow: warning: {line}",
+                                                                       file=sys.stderr, flush=True)).start()
+        ingest = TrackerIngest(pkg, writer, sources)
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        values = {
+            "checkpoint": str(found[0]) if resuming and found else "",
+            "checkpoint_dir": str(checkpoint_dir),
+            "package": str(pkg.path.resolve()),
+            "seed": str(int(cfg.seed)),
+            "run_id": pkg.run_id,
+            "code": str(pkg.code_dir.resolve()),
+        }
+        where = str(pkg.config_path)
+        argv = [placeholders.substitute(a, values, f"{where}: runner.argv") for a in spec.argv]
+        if resuming:
+            argv += [placeholders.substitute(a, values, f"{where}: runner.resume_argv") for a in spec.resume_argv]
+        env = dict(os.environ)
+        env.update(extra_env)
+        env.update(tracker_env(pkg))
+        env.update(channel.env())
+        env.update({
+            "EXPFLOW_PACKAGE": values["package"],
+            "EXPFLOW_CHECKPOINT_DIR": values["checkpoint_dir"],
+            "EXPFLOW_SEED": values["seed"],
+            "EXPFLOW_RESUME_CHECKPOINT": values["checkpoint"],
+            "EXPFLOW_RUN_ID": pkg.run_id,
+        })
+        env.update({k: placeholders.substitute(v, values, f"{where}: runner.env.{k}") for k, v in spec.env.items()})
+        if spec.seed_python:
+            env = seeded_env(env, int(cfg.seed), deterministic=bool(cfg.trainer.deterministic))
+        env.pop("PYTHONSAFEPATH", None)  # `python train.py` imports its neighbours
+        out_log = open(logs.out_path, "ab")
+        err_log = open(logs.err_path, "ab")
+        try:
+            try:
+                proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, start_new_session=True,
+                                        preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+            except OSError as e:
+                raise ConfigError(f"{where}: runner.argv: cannot start {argv[0]!r}: {e.strerror or e} "
+                                  f"(in {cwd})") from None
+            tees = [_Tee(proc.stdout, out_log, _terminal(logs, "out"), False),  # type: ignore[arg-type]
+                    _Tee(proc.stderr, err_log, _terminal(logs, "err"), True)]  # type: ignore[arg-type]
+            for t in tees:
+                t.start()
+            pkg.set_status(Status.RUNNING, device=extra_env.get("CUDA_VISIBLE_DEVICES") or "cpu",
+                           world_size=1, command={"argv": argv, "pid": proc.pid, "cwd": str(cwd)})
+            code = _wait(proc, spec, ingest)
+            for t in tees:
+                t.join(timeout=10)
+        finally:
+            if proc is not None and proc.poll() is None:
+                _stop_group(proc, signal.SIGTERM, spec.stop_grace_s)
+            out_log.close()
+            err_log.close()
+        channel.close()
+        channel = None
+        for line in ingest.final():
+            print(f"expflow: warning: {line}", file=sys.stderr, flush=True)
+        writer.flush()  # every record is on disk before COMPLETED
+        last_step = _last_step(pkg)
+        if code == 0:
+            pkg.set_status(Status.COMPLETED, progress={"step": last_step})
+            return Status.COMPLETED
+        detail = (f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}")
+        last = tees[1].last_line.decode("utf-8", "replace").strip()
+        message = f"the command ended with {detail}" + (f": {last[:300]}" if last else "")
+        pkg.set_status(Status.CRASHED, progress={"step": last_step},
+                       error={"type": "CommandFailed", "message": message, "log": str(logs.err_path)})
+        error = RunCrashed(f"run {pkg.run_id} crashed: {message} (logs in {pkg.logs_dir})")
+        raise error
+    except BaseException as e:
+        if not isinstance(e, RunCrashed):
+            if proc is not None and proc.poll() is None:
+                _stop_group(proc, signal.SIGTERM, spec.stop_grace_s)
+            try:
+                interrupted = isinstance(e, KeyboardInterrupt) or type(e).__name__ == "Terminated"
+                message = (f"interrupted: {e or 'Ctrl-C'}" if interrupted else
+                           (e.one_line() if isinstance(e, ExpflowError) else f"{e.__class__.__name__}: {e}"))
+                pkg.set_status(Status.CRASHED, error={"type": e.__class__.__name__, "message": message[:2000],
+                                                      "log": str(logs.err_path)})
+            except Exception:
+                pass
+            if isinstance(e, KeyboardInterrupt) or type(e).__name__ == "Terminated":
+                raise RunCrashed(f"run {pkg.run_id} interrupted (continue it with `expflow continue {pkg.path}`)") \
+                    from None
+        raise
+    finally:
+        if channel is not None:
+            try:
+                channel.close(timeout=1.0)
+            except Exception:
+                pass
+        heartbeat.stop()
+        try:
+            if own_writer is not None:
+                own_writer.close()
+        finally:
+            logs.__exit__(None, None, None)
+
+
+def _terminal(logs: Any, stream: str) -> IO[bytes] | None:
+    """The terminal stream behind the log tee (the real stdout/stderr)."""
+    saved = getattr(logs, "_saved", None)
+    target = saved[0 if stream == "out" else 1] if saved else (sys.stdout if stream == "out" else sys.stderr)
+    return getattr(target, "buffer", None)
+
+
+def _wait(proc: subprocess.Popen[bytes], spec: CommandSpec, ingest: Any) -> int:
+    """Wait for the program, reading its tracker files every ``ingest_every_s`` seconds, and
+    forward SIGTERM/SIGINT to its process group. Returns its exit code (negative: a signal)."""
+    from expflow.rank import Terminated
+
+    received: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        received.append(signum)
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    main = threading.current_thread() is threading.main_thread()
+    saved = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    try:
+        deadline: float | None = None
+        while True:
+            try:
+                code = proc.wait(timeout=spec.ingest_every_s)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if received and deadline is None:
+                deadline = time.monotonic() + spec.stop_grace_s
+            if deadline is not None and time.monotonic() > deadline:
+                _kill_group(proc)
+            try:
+                ingest.poll()
+            except ExpflowError as e:
+                print(f"expflow: warning: {e.one_line()}", file=sys.stderr, flush=True)
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+    _kill_group(proc)  # what the program left running in its group (a daemon, a stuck worker)
+    if received:
+        name = signal.Signals(received[0]).name
+        if received[0] == signal.SIGINT:
+            raise KeyboardInterrupt(f"{name}, forwarded to the command (exit {code})")
+        raise Terminated(f"{name}, forwarded to the command (exit {code})")
+    return code
+
+
+def _stop_group(proc: subprocess.Popen[bytes], sig: int, grace: float) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    _kill_group(proc)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if proc.poll() is None:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _last_step(pkg: SavePackage) -> int | None:
+    from expflow.package import effective_metrics
+
+    steps = [r["step"] for r in effective_metrics(pkg.scan_records().records)]
+    return max(steps) if steps else None
+
+
+def _die_with_parent() -> None:
+    from expflow.launch import die_with_parent
+
+    die_with_parent()

@@ -1,0 +1,91 @@
+"""The shipped default runner: supervised learning on ``(input, target)`` batches.
+
+``model`` and ``dataset`` come from the config (``_target_``), the optimizer and scheduler from
+``optim``; the dataset is a :class:`expflow.data.DataModule` whose ``task`` gives the loss and
+the validation metrics. One step: forward, ``task.loss``, backward, optional gradient clipping,
+optimizer step (and the scheduler, per step or per epoch).
+
+Records: ``train/loss`` and ``train/lr`` every ``trainer.log_every_n_steps`` steps,
+``train/epoch_loss`` (sample-weighted over the epoch and the ranks) and ``val/<metric>``
+(summed per batch in float64 and averaged per sample over the ranks) each epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from expflow.lifecycle import TrainState
+from expflow.runner import RunContext, Runner
+
+
+class SupervisedRunner(Runner):
+    def build(self, ctx: RunContext) -> None:
+        from hydra.utils import instantiate
+
+        from expflow.data import Shard, train_loader, val_loader
+        from expflow.errors import ConfigError
+
+        cfg = ctx.cfg
+        self.ctx = ctx
+        for key in ("model", "dataset"):
+            if cfg.get(key) is None:
+                raise ConfigError(f"{key}: missing; the supervised runner trains a `model` on a `dataset` "
+                                  f"(choose one, e.g. {key}=..., or another runner)")
+        self.data = instantiate(cfg.dataset)
+        self.task = self.data.task
+        self.model = ctx.wrap(instantiate(cfg.model))
+        self.optimizer = instantiate(cfg.optim.optimizer)(self.model.parameters())
+        sched = cfg.optim.get("scheduler")
+        self.scheduler = instantiate(sched)(self.optimizer) if sched else None
+        self.scheduler_per_step = self.scheduler is not None and cfg.optim.scheduler_interval == "step"
+        self.grad_clip = float(cfg.trainer.grad_clip or 0)
+        shard = Shard(ctx.rank, ctx.world_size)
+        self.train_dl, self.sampler = train_loader(self.data, ctx.seed, shard)
+        self.val_dl = val_loader(self.data, shard)
+        self._loss_sum = torch.zeros((), device=ctx.device)
+        self._count = torch.zeros((), device=ctx.device)
+
+    def train_data(self, epoch: int) -> Any:
+        self.sampler.set_epoch(epoch)
+        self._loss_sum.zero_()
+        self._count.zero_()
+        return self.train_dl
+
+    def train_step(self, batch: Any, state: TrainState) -> dict[str, Any]:
+        x, y = self.ctx.to_device(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.task.loss(self.model(x), y)
+        loss.backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        if self.scheduler_per_step:
+            self.scheduler.step()  # type: ignore[union-attr]
+        loss = loss.detach()
+        n = len(y)
+        self._loss_sum += loss * n
+        self._count += n
+        return {"train/loss": loss, "train/lr": self.optimizer.param_groups[0]["lr"]}
+
+    def end_epoch(self, state: TrainState) -> dict[str, Any]:
+        if self.scheduler is not None and not self.scheduler_per_step:
+            self.scheduler.step()
+        total = self.ctx.all_reduce(torch.stack([self._loss_sum, self._count]), op="sum")
+        return {"train/epoch_loss": (total[0] / total[1].clamp(min=1)).item()}
+
+    def validate(self, state: TrainState) -> dict[str, Any]:
+        ctx = self.ctx
+        sums: dict[str, Any] = {}
+        count = torch.zeros((), device=ctx.device)
+        with torch.no_grad():
+            for batch in self.val_dl:
+                x, y = ctx.to_device(batch)
+                for k, v in self.task.metric_sums(self.model(x), y).items():
+                    sums[k] = sums.get(k, 0) + v.detach().to(torch.float64)
+                count += len(y)
+        keys = sorted(sums)
+        stacked = ctx.all_reduce(torch.stack([*(sums[k] for k in keys), count.to(torch.float64)]), op="sum")
+        n = stacked[-1].clamp(min=1)
+        return {f"val/{k}": (stacked[i] / n).item() for i, k in enumerate(keys)}
