@@ -57,9 +57,10 @@ class Loop:
         self.pkg, self.cfg, self.env, self.device, self.writer = pkg, cfg, env, device, writer
         self.heartbeat = heartbeat
         self.state = TrainState(config=cfg, max_epochs=int(cfg.trainer.max_epochs), rank=env.rank)
+        self.in_step = False  # inside train_step: what it logs belongs to the step being taken
         self.ctx = RunContext(cfg=cfg, device=device, rank=env.rank, local_rank=env.local_rank,
                               world_size=env.world_size, package_dir=pkg.path, seed=int(cfg.seed),
-                              _log=lambda values: self.log(values, self.state.epoch + 1))
+                              _log=lambda values: self.log_now(values, None))
         self.runner = build_runner(cfg, self.ctx)
         self.lifecycle = instantiate(cfg.lifecycle)
         # Rank 0 only (a NullTracker elsewhere); a failing tracker never stops training.
@@ -134,6 +135,20 @@ class Loop:
             self.writer.log(values, step=self.state.step, epoch=epoch)
             self.tracker.log(values, self.state.step)
 
+    def log_now(self, values: dict[str, Any], epoch: int | None) -> None:
+        """``ctx.log`` and ``expflow.log`` from the runner's code: inside ``train_step``, at the
+        step being taken (where its returned metrics go); elsewhere at the last step taken."""
+        state = self.state
+        epoch = epoch if epoch is not None else state.epoch + 1
+        if not self.in_step:
+            self.log(values, epoch)
+            return
+        state.step += 1
+        try:
+            self.log(values, epoch)
+        finally:
+            state.step -= 1
+
     def _ranks_mean(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """A step's metrics averaged over the ranks (every rank must return the same keys)."""
         if not self.env.distributed:
@@ -159,7 +174,7 @@ class Loop:
 
         lc, state = self.lifecycle, self.state
         # expflow.log() anywhere in the runner's code records at the current step.
-        with activate(lambda values, step, epoch: self.log(values, epoch if epoch is not None else state.epoch + 1)):
+        with activate(lambda values, step, epoch: self.log_now(values, epoch)):
             try:
                 if lc.before_run(state) != SKIP:
                     while lc.need_continue(state):
@@ -187,7 +202,9 @@ class Loop:
                 if before(state) == SKIP:
                     after(state)
                     continue
+                self.in_step = True
                 metrics = train_step(batch, state)
+                self.in_step = False
                 state.step += 1
                 if metrics and state.step % log_every == 0:
                     log(mean(metrics), epoch_no)

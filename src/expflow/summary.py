@@ -58,6 +58,7 @@ def package_summary(pkg: SavePackage) -> dict[str, Any]:
         "device": m.get("device"),
         "gpus": m.get("gpus", []),
         "progress": m.get("progress"),
+        "command": m.get("command"),  # a command run's program: argv, pid, cwd
         "git": m.get("git"),
         "versions": m.get("versions"),
         "origin": m.get("origin"),
@@ -102,7 +103,10 @@ def render_summary(summary: dict[str, Any], pkg: SavePackage, console: Console) 
         ("overrides", " ".join(summary["overrides"]) or "-"),
         ("fingerprint", str(summary["fingerprint"])[:16]),
         ("device", f"{summary.get('device')} gpus={summary.get('gpus')}"),
-        ("progress", f"epoch {prog.get('epoch')}/{prog.get('max_epochs')} step {prog.get('step')}"),
+        ("progress", f"epoch {prog.get('epoch')}/{prog.get('max_epochs')} step {prog.get('step')}"
+                     if prog.get("max_epochs") else f"step {prog.get('step')}"),
+        *([("command", " ".join(str(a) for a in (summary["command"].get("argv") or [])))]
+          if isinstance(summary.get("command"), dict) else []),
         ("created", str(summary["created"])),
         ("started", str(summary["started"])),
         ("finished", str(summary["finished"])),

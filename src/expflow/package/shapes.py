@@ -263,6 +263,7 @@ MANIFEST = Obj(
         "leases": ListOf(Obj({"gpus": Nullable(ListOf(ANY)), "acquired": Nullable(NUMBER),
                               "released": Nullable(NUMBER)})),
         "scheduler_jobs": ListOf(OBJECT),
+        "command": Nullable(Obj({"argv": ListOf(STR), "pid": INT, "cwd": STR})),  # runner=command's program
     },
     required=("format",),
 )

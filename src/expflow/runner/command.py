@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from expflow.config import placeholders
-from expflow.errors import ConfigError, ExpflowError, RunCrashed
+from expflow.errors import CheckpointError, ConfigError, ExpflowError, RunCrashed
 from expflow.package import SavePackage, Status, last_values, utc_now
 from expflow.paths import WriteError, check_package_writable, write_error
 
@@ -112,20 +112,18 @@ def program_checkpoint_dir(pkg: SavePackage) -> Path:
     return pkg.checkpoints_dir / PROGRAM_CHECKPOINTS
 
 
-def latest_program_checkpoint(pkg: SavePackage) -> tuple[Path, int | None] | None:
-    """The program's newest checkpoint (file or directory) and the step in its name: the
-    highest step, else the newest; names starting with '.' or ending in .tmp/.partial are
-    writes in progress."""
+def program_checkpoints(pkg: SavePackage) -> list[tuple[Path, int | None]]:
+    """The program's checkpoints (files or directories) with the step in each name, oldest
+    first (by step, then time); names starting with '.' or ending in .tmp/.partial are writes
+    in progress."""
     directory = program_checkpoint_dir(pkg)
     try:
         entries = [p for p in directory.iterdir()
                    if not p.name.startswith(".") and not p.name.endswith((".tmp", ".partial"))]
     except FileNotFoundError:
-        return None
+        return []
     except OSError as e:
         raise write_error(e) from None
-    if not entries:
-        return None
 
     def key(p: Path) -> tuple[int, float]:
         steps = _STEP.findall(p.name)
@@ -135,9 +133,21 @@ def latest_program_checkpoint(pkg: SavePackage) -> tuple[Path, int | None] | Non
             mtime = 0.0
         return (int(steps[-1]) if steps else -1, mtime)
 
-    best = max(entries, key=key)
-    step = key(best)[0]
-    return best, (step if step >= 0 else None)
+    ordered = sorted(entries, key=key)
+    return [(p, key(p)[0] if key(p)[0] >= 0 else None) for p in ordered]
+
+
+def program_checkpoint(pkg: SavePackage, resume: str | int) -> tuple[Path, int | None] | None:
+    """The checkpoint a continue resumes from: the newest (``"latest"``), or the one whose name
+    holds step ``resume``; None when the program has written none."""
+    found = program_checkpoints(pkg)
+    if resume == "latest" or not found:
+        return found[-1] if found else None
+    for path, step in found:
+        if step == int(resume):
+            return path, step
+    valid = ", ".join(str(s) for _, s in found if s is not None) or "none with a step in its name"
+    raise CheckpointError(f"{program_checkpoint_dir(pkg)}: no checkpoint at step {resume}; valid steps: {valid}")
 
 
 # -- supervising the program ---------------------------------------------------------
@@ -226,7 +236,7 @@ def _supervise(pkg: SavePackage, cfg: Any, spec: CommandSpec, resume: str | int 
     if not cwd.is_dir():
         raise ConfigError(f"{pkg.config_path}: runner.cwd: {spec.cwd!r} is not a directory of the code snapshot")
     checkpoint_dir = program_checkpoint_dir(pkg)
-    found = latest_program_checkpoint(pkg) if resume is not None else None
+    found = program_checkpoint(pkg, resume) if resume is not None else None
     resuming = found is not None and bool(spec.resume_argv)
     logs = RankLogs(pkg.logs_dir, 0)
     logs.__enter__()  # the supervisor's own lines go to the logs too
@@ -254,9 +264,11 @@ def _supervise(pkg: SavePackage, cfg: Any, spec: CommandSpec, resume: str | int 
                 print(f"[{name}] {why}: the command starts over", flush=True)
             if start is not None:
                 writer.rollback(start)  # the resumed program logs the later steps again
-            pkg.update_manifest(lambda m: m.setdefault("attempts", []).append(
-                {"kind": "continue", "from_step": start, "time": utc_now(),
-                 "checkpoint": str(found[0]) if resuming and found else None}))
+            attempt: dict[str, Any] = {"kind": "continue", "time": utc_now(),
+                                       "checkpoint": str(found[0]) if resuming and found else None}
+            if start is not None:
+                attempt["from_step"] = start
+            pkg.update_manifest(lambda m: m.setdefault("attempts", []).append(attempt))
         heartbeat.start()
         channel = MetricsChannel(writer, on_problem=lambda line: print(f"expflow: warning: {line}",
                                                                        file=sys.stderr, flush=True)).start()
