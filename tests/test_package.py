@@ -87,3 +87,15 @@ def test_stale_heartbeat_from_another_host_is_crashed(tmp_path):
     assert pkg.status(heartbeat_timeout=60) is Status.CRASHED
     pkg.heartbeat_path.write_text(json.dumps({"time": time.time(), "host": "elsewhere", "pid": 1}))
     assert pkg.status(heartbeat_timeout=60) is Status.RUNNING
+
+
+def test_config_strings_that_omegaconf_reads_as_numbers_are_quoted():
+    # A workflow run id is 12 hex digits: "6099e1067548" is a float (inf) to OmegaConf's loader
+    # though not to PyYAML; "123456789012" is an int to both.
+    from omegaconf import OmegaConf
+
+    from expflow.package.package import dump_config
+
+    config = {"run_id": "6099e1067548", "other": "123456789012", "flag": "true", "x": "${expflow:checkpoint}",
+              "n": 3, "f": 1e-3, "none": None}
+    assert OmegaConf.to_container(OmegaConf.create(dump_config(config))) == config

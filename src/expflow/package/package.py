@@ -45,6 +45,30 @@ FORMAT = "expflow.package/1"
 MANIFEST = "manifest.json"
 
 
+def dump_config(config: dict[str, Any]) -> str:
+    """A resolved config as YAML that OmegaConf reads back as written: a string its loader
+    would take for a number (``6099e1067548``, a run id, is a float to OmegaConf though not to
+    PyYAML) is quoted. PyYAML writes it ~20x faster than an OmegaConf round trip."""
+    return yaml.dump(config, Dumper=_ConfigDumper, sort_keys=False, allow_unicode=True)
+
+
+class _ConfigDumper(yaml.SafeDumper):
+    _resolver: Any = None
+
+    def represent_str(self, data: str) -> yaml.ScalarNode:  # type: ignore[override]
+        resolver = _ConfigDumper._resolver
+        if resolver is None:
+            from omegaconf._utils import get_yaml_loader
+
+            resolver = _ConfigDumper._resolver = get_yaml_loader()("")
+        if resolver.resolve(yaml.ScalarNode, data, (True, False)) != "tag:yaml.org,2002:str":
+            return self.represent_scalar("tag:yaml.org,2002:str", data, style="'")
+        return super().represent_str(data)
+
+
+_ConfigDumper.add_representer(str, _ConfigDumper.represent_str)
+
+
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -165,7 +189,7 @@ class SavePackage:
                 git = git_state(root)
             atomic_write_json(pkg.code_listing_path, [asdict(e) for e in entries])
             # Already resolved plain data: PyYAML writes it ~20x faster than an OmegaConf round trip.
-            atomic_write_text(pkg.config_path, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+            atomic_write_text(pkg.config_path, dump_config(config))
             for name, text in (hydra_files or {}).items():
                 atomic_write_text(pkg.hydra_dir / name, text)
             code_fp = code_fingerprint(entries)
