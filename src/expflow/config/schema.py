@@ -128,6 +128,43 @@ class QuadraticDataConfig:
 
 
 @dataclass
+class CharGRUConfig:
+    """The character LM's model (``runner.model`` of ``runner=charlm``); its vocab_size comes from the text."""
+
+    _target_: str = "expflow.examples.charlm.CharGRU"
+    embed_dim: int = 32
+    hidden: int = 64
+    layers: int = 1
+    dropout: float = 0.0
+
+
+@dataclass
+class CharTextConfig:
+    """The character LM's text (``runner.text``): scikit-learn's bundled dataset descriptions."""
+
+    _target_: str = "expflow.examples.charlm.CharText"
+    files: list[str] | None = None  # sklearn/datasets/descr/*.rst names; null: all, by name
+    max_chars: int = 30000
+    max_len: int = 96
+    min_len: int = 16
+    val_fraction: float = 0.1
+    split_seed: int = 0
+
+
+@dataclass
+class CharLMRunnerConfig:
+    """``runner=charlm``: the Runner API example (expflow.examples.charlm)."""
+
+    _target_: str = "expflow.examples.charlm.CharLMRunner"
+    _recursive_: bool = False  # the runner builds model and text itself, in build()
+    model: CharGRUConfig = field(default_factory=CharGRUConfig)
+    text: CharTextConfig = field(default_factory=CharTextConfig)
+    batch_size: int = 16
+    prompt: str = "The data "
+    sample_chars: int = 200
+
+
+@dataclass
 class CommandRunnerConfig:
     """``runner=command``: the run is a program (expflow.runner.command)."""
 
@@ -194,6 +231,9 @@ def register_configs() -> None:
         ("model", "quadratic_mlp", QuadraticMLPConfig),
         ("dataset", "digits", DigitsDataConfig),
         ("dataset", "quadratic", QuadraticDataConfig),
+        ("model", "char_gru", CharGRUConfig),
+        ("dataset", "charlm_text", CharTextConfig),
+        ("runner", "charlm", CharLMRunnerConfig),
         ("optim", "optim", OptimConfig),
         ("trainer", "trainer", TrainerConfig),
         ("checkpoint", "checkpoint", CheckpointConfig),
