@@ -9,7 +9,9 @@ import swanlab
 import logging
 
 # 0. 初始化实验环境
-swanlab.init("Launch-Example", experiment_name="test-remote")  # 初始化swanlab
+# The one change from seed 004: swanlab 0.3.14 took the project positionally; the swanlab
+# expflow pins (0.10.3) takes it only by keyword, and 0.3.x is no longer on PyPI.
+swanlab.init(project="Launch-Example", experiment_name="test-remote")  # 初始化swanlab
 device = "cuda"
 if not torch.cuda.is_available():  # 判断是否存在显卡，不存在则报WARNING
     device = "cpu"

@@ -30,8 +30,9 @@ required)::
         def validate(self, state):                  # optional: metrics of a validation pass
             return {"val/fid": ...}
 
-        def visualize(self, state):                 # optional: after each validation, rank 0
-            save_image(..., self.ctx.output_dir("samples") / f"epoch{state.epoch}.png")
+        def visualize(self, state):                 # optional: after each validation, every rank
+            if self.ctx.is_main:                    # (write files from one rank)
+                save_image(..., self.ctx.output_dir("samples") / f"epoch{state.epoch}.png")
 
         def state_dict(self):                       # optional: the default saves every module,
             return {**super().state_dict(), "ema": self.ema}  # optimizer and scheduler attribute

@@ -53,7 +53,7 @@ class CommandRunner:
                  env: dict[str, str] | None = None, ingest: list[Any] | None = None,
                  ingest_every_s: float = 2.0, seed_python: bool = True, stop_grace_s: float = 10.0):
         self.spec = CommandSpec(list(argv), list(resume_argv or []), cwd, dict(env or {}),
-                                list(ingest) if ingest is not None else ["swanlab", "wandb", "tensorboard"],
+                                list(ingest) if ingest is not None else None,
                                 float(ingest_every_s), bool(seed_python), float(stop_grace_s))
 
     def build(self, ctx: Any) -> None:
@@ -69,7 +69,7 @@ class CommandSpec:
     resume_argv: list[str]
     cwd: str
     env: dict[str, str]
-    ingest: list[Any]
+    ingest: list[Any] | None
     ingest_every_s: float
     seed_python: bool
     stop_grace_s: float
@@ -101,7 +101,7 @@ class CommandSpec:
             resume_argv=strings("resume_argv", True),
             cwd=str(node.get("cwd") or "."),
             env={str(k): str(v) for k, v in env.items()},
-            ingest=list(node.get("ingest") or []),
+            ingest=node.get("ingest"),  # None: the default sources
             ingest_every_s=float(node.get("ingest_every_s") or 2.0),
             seed_python=bool(node.get("seed_python", True)),
             stop_grace_s=float(node.get("stop_grace_s", 10.0)),
