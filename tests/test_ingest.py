@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -244,15 +245,53 @@ def test_torn_swanlab_file_skipped(pkg, tmp_path):
     """, pkg, tmp_path)
     f = next(pkg.tracker_dir.glob("swanlog/run-*/*.swanlab"))
     data = f.read_bytes()
-    f.write_bytes(data[: len(data) - 3])
+    f.write_bytes(data[: len(data) // 2])  # torn in the middle of the scalars
     with RecordWriter(pkg.records_path) as w:
         ing = TrackerIngest(pkg, w)
-        assert ing.poll() == 0
-        warnings = ing.final()
+        first = ing.poll()  # while "running": the records before the torn one
+        assert 0 < first < 300
+        warnings = ing.final()  # at the end a torn file is a warning naming it
         assert len(warnings) == 1 and f.relative_to(pkg.path).as_posix() in warnings[0], warnings
         f.write_bytes(data)
-        assert ing.poll() == 300
+        assert ing.poll() == 300 - first
     assert records(pkg) == [(s, {"m": s * 0.25}) for s in range(300)]
+
+
+def test_swanlab_points_arrive_while_the_program_runs(pkg, tmp_path):
+    """swanlab buffers its writes: what it has flushed is ingested before the program ends."""
+    go = tmp_path / "go"
+    script = tmp_path / "live.py"
+    script.write_text(textwrap.dedent(f"""
+        import pathlib, time
+        import swanlab
+        swanlab.init(project="ingest", experiment_name="live")
+        for s in range(3000):
+            swanlab.log({{"m": s * 0.5}}, step=s)
+        pathlib.Path({str(tmp_path / "logged")!r}).write_text("1")
+        while not pathlib.Path({str(go)!r}).exists():
+            time.sleep(0.05)
+        swanlab.finish()
+    """))
+    env = dict(os.environ, **tracker_env(pkg))
+    env.pop("SWANLAB_API_KEY", None)
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "logged").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.05)
+        with RecordWriter(pkg.records_path) as w:
+            ing = TrackerIngest(pkg, w)
+            live = ing.poll()
+            assert live > 0  # the program is still running (it waits for `go`)
+            go.write_text("1")
+            assert proc.wait(timeout=120) == 0
+            ing.final()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert records(pkg) == [(s, {"m": s * 0.5}) for s in range(3000)]
 
 
 def test_unchanged_tree_is_not_read_again(pkg, monkeypatch):

@@ -273,7 +273,9 @@ class TrackerIngest:
             elif fp[0] < entry.size:
                 entry.counts.clear()  # smaller than when last read: rewritten from the start
             total += self._take(found, entry, run)
-            entry.size, entry.mtime_ns = fp
+            # A prefix read of a file being written (swanlab's torn tail): read it again next time,
+            # and strictly at the end, whether or not it changes.
+            entry.size, entry.mtime_ns = (-1, -1) if run.info.get("torn") is not None else fp
         self._commit()
         return total, failures
 
@@ -318,8 +320,8 @@ class TrackerIngest:
 
     def _read(self, found: _Found, final: bool) -> RawRun:
         kind, path = found.source.kind, found.path
-        if kind == "swanlab":
-            return read_record_file(path)
+        if kind == "swanlab":  # while the program runs, the flushed prefix of its buffered writes
+            return read_record_file(path, partial=not final)
         if kind == "wandb":
             return read_run_file(path)
         if kind == "tensorboard":

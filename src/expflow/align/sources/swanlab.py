@@ -42,7 +42,11 @@ def find_record_file(path: Path) -> Path:
     return single(found, p, "SwanLab run (.swanlab file)")
 
 
-def read_record_file(path: Path) -> RawRun:
+def read_record_file(path: Path, *, partial: bool = False) -> RawRun:
+    """Every scalar of a record file. ``partial``: the file is still being written (swanlab
+    buffers its writes, so the end may be a torn record): return the points before the first
+    bad or incomplete record instead of failing, with its byte in ``info["torn"]`` (a reader of
+    a finished run leaves it False)."""
     from google.protobuf.message import DecodeError
     from swanlab.exceptions import DataStoreError
     from swanlab.proto.swanlab.record.v1.record_pb2 import Record
@@ -66,14 +70,22 @@ def read_record_file(path: Path) -> RawRun:
             except (DataStoreError, AssertionError, struct.error) as e:
                 if before >= size:  # padding at a clean end of file
                     break
+                if partial:  # a write in progress: what came before it
+                    info["torn"] = before
+                    break
                 raise SourceError(f"{path}: corrupt record at byte {before} ({reason(e)})") from None
             if data is None:
-                if reader._index != before:
+                if reader._index != before and partial:
+                    info["torn"] = before
+                elif reader._index != before:
                     raise SourceError(f"{path}: truncated at byte {before} (the last record is incomplete)")
                 break
             try:
                 rec.ParseFromString(data)
             except DecodeError:
+                if partial:
+                    info["torn"] = before
+                    break
                 raise SourceError(f"{path}: corrupt record at byte {before} (not a SwanLab record)") from None
             kind = rec.WhichOneof("record_type")
             if kind == "scalar":
