@@ -115,10 +115,10 @@ def _checked(metrics: Mapping[str, Any]) -> dict[str, float]:
     if not isinstance(metrics, Mapping):
         raise TypeError(f"expflow.log: metrics must be a mapping of name to number, "
                         f"got {type(metrics).__name__}")
-    return {str(name): _number(str(name), value) for name, value in metrics.items()}
+    return {str(name): as_number(str(name), value) for name, value in metrics.items()}
 
 
-def _number(name: str, value: Any) -> float:
+def as_number(name: str, value: Any) -> float:
     """A metric value as a float: a number, a NumPy scalar or a one-element tensor."""
     if type(value) is float:
         return value

@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from expflow.client import as_number
 from expflow.errors import CheckpointError, ConfigError
 from expflow.package import SavePackage
 from expflow.package.records import RecordWriter
@@ -129,7 +130,7 @@ class Loop:
         """Record ``values`` at the current step (rank 0): queued for the package's record
         writer (microseconds; acknowledged at the next checkpoint or ``flush``), then mirrored
         to the tracker."""
-        values = {k: _number(k, v) for k, v in values.items()}
+        values = {k: as_number(k, v) for k, v in values.items()}
         self.state.metrics.update(values)
         if self.writer is not None:
             self.writer.log(values, step=self.state.step, epoch=epoch)
@@ -272,21 +273,6 @@ def _length(data: Any) -> int | None:
 def _detached(value: Any) -> Any:
     detach = getattr(value, "detach", None)
     return detach() if callable(detach) else value
-
-
-def _number(name: str, value: Any) -> float:
-    """A metric value as a float: a number, a one-element tensor or NumPy scalar."""
-    if type(value) is float:
-        return value
-    if hasattr(value, "item"):
-        try:
-            value = value.item()
-        except (ValueError, RuntimeError):
-            raise TypeError(f"metric {name!r}: expected a number or a one-element tensor, "
-                            f"got shape {list(getattr(value, 'shape', []))}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"metric {name!r}: expected a number, got {type(value).__name__}")
-    return float(value)
 
 
 def _now() -> str:

@@ -198,6 +198,11 @@ def write_conf(src: Path, dest: Path, example: Example, name: str) -> None:
             else:
                 config = set_yaml_value(config, path, value, str(config_path))
     config_path.write_text(config)
+    _finish_conf(dest, example)
+
+
+def _finish_conf(dest: Path, example: Example) -> None:
+    """Drop the overlays that swap in another example; the workflow runs this example's sweep."""
     for overlay in (dest / "freq").glob("*.yaml"):
         if _switches_example(overlay):
             overlay.unlink()
@@ -220,14 +225,7 @@ def write_command_conf(dest: Path, example: Example) -> None:
     runner_path = dest / "runner" / "command.yaml"
     text = set_yaml_value(runner_path.read_text(), ["argv"], str(example.argv), str(runner_path))
     runner_path.write_text(set_yaml_value(text, ["resume_argv"], str(example.resume_argv), str(runner_path)))
-    for overlay in (dest / "freq").glob("*.yaml"):
-        if _switches_example(overlay):
-            overlay.unlink()
-    workflow_path = dest / "workflow.yaml"
-    workflow = set_list(workflow_path.read_text(), "sweep", [example.sweep], str(workflow_path))
-    workflow = set_yaml_value(workflow, ["analyze", "scripts"], "[" + ", ".join(example.analyses) + "]",
-                              str(workflow_path))
-    workflow_path.write_text(workflow)
+    _finish_conf(dest, example)
 
 
 def create_project(target: str | Path, example: str = "digits", name: str | None = None) -> Path:

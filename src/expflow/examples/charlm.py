@@ -342,12 +342,8 @@ class CharLMRunner(Runner):
         logits = self.model(batch["input_ids"])
         loss_sum, _, tokens = token_sums(logits, batch["labels"], batch["attention_mask"])
         loss = loss_sum / tokens.clamp(min=1)
-        loss.backward()
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.optimizer.step()
-        if self.scheduler_per_step:
-            self.scheduler.step()  # type: ignore[union-attr]
+        self.ctx.step(self.optimizer, loss, clip=self.grad_clip, parameters=self.model.parameters(),
+                      scheduler=self.scheduler if self.scheduler_per_step else None)
         self._sums += torch.stack([loss_sum.detach(), tokens]).to(torch.float64)
         return {"train/loss": loss.detach(), "train/lr": self.optimizer.param_groups[0]["lr"]}
 

@@ -109,6 +109,21 @@ class RunContext:
 
         return to_device(batch, self.device)
 
+    def step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, *, clip: float | None = None,
+             parameters: Any = None, scheduler: Any = None) -> None:
+        """``loss.backward()``, gradient-norm clipping to ``clip`` (of ``parameters``, default the
+        optimizer's), ``optimizer.step()``, then ``scheduler.step()`` if given (a per-step schedule)."""
+        import torch
+
+        loss.backward()
+        if clip:
+            if parameters is None:
+                parameters = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(parameters, float(clip))
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+
     def all_reduce(self, value: Any, op: str = "mean") -> torch.Tensor:
         """``value`` (a tensor or number) summed (``op="sum"``) or averaged (``"mean"``) over
         the ranks; itself when not distributed."""

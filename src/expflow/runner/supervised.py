@@ -57,12 +57,8 @@ class SupervisedRunner(Runner):
         x, y = self.ctx.to_device(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.task.loss(self.model(x), y)
-        loss.backward()
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.optimizer.step()
-        if self.scheduler_per_step:
-            self.scheduler.step()  # type: ignore[union-attr]
+        self.ctx.step(self.optimizer, loss, clip=self.grad_clip, parameters=self.model.parameters(),
+                      scheduler=self.scheduler if self.scheduler_per_step else None)
         loss = loss.detach()
         n = len(y)
         self._loss_sum += loss * n
