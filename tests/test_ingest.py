@@ -421,3 +421,20 @@ def test_package_path_with_glob_characters(tmp_path):
     with RecordWriter(pkg.records_path) as w:
         assert TrackerIngest(pkg, w).poll() == 1
     assert points(pkg) == [("t", 2, 0.5)]
+
+
+def test_tracker_machine_monitor_is_left_out(pkg, monkeypatch):
+    """SwanLab's hardware monitor (__swanlab__.cpu.pct, ...) is the machine's, not the program's:
+    it would differ between a run and its rerun."""
+    from expflow.align.sources import RawRun, points_frame
+
+    f = pkg.tracker_dir / "swanlog" / "run-x" / "run-x.swanlab"
+    f.parent.mkdir(parents=True)
+    f.write_bytes(b"x")
+    run = RawRun(points_frame(["loss", "__swanlab__.cpu.pct", "loss"], [0, 0, 1], [0.5, 99.0, 0.25]))
+    monkeypatch.setattr(ingest_mod, "read_record_file", lambda path, partial=False: run)
+    with RecordWriter(pkg.records_path) as w:
+        ing = TrackerIngest(pkg, w)
+        assert ing.poll() == 2
+        assert ing.final() == []
+    assert records(pkg) == [(0, {"loss": 0.5}), (1, {"loss": 0.25})]

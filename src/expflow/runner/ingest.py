@@ -102,6 +102,9 @@ from expflow.errors import ConfigError, PackageError
 from expflow.package.records import scan_records
 
 KINDS = ("swanlab", "wandb", "tensorboard", "csv")
+# Metrics a tracker logs about the machine (SwanLab's hardware monitor: __swanlab__.cpu.pct, ...):
+# left out, they are not the program's, and differ between a run and its rerun.
+MONITOR_PREFIXES = ("__swanlab__.",)
 STATE_FORMAT = "expflow.ingest/1"
 STATE_NAME = "ingest.json"
 BATCH = 5000  # records per batch: bounds the state's pending list
@@ -336,6 +339,8 @@ class TrackerIngest:
     def _take(self, found: _Found, entry: _File, run: RawRun) -> int:
         """Queue the points of ``run`` past the file's counts; returns how many."""
         pts = run.points
+        if not pts.empty:  # the tracker's own machine monitor (CPU, memory): not the program's metrics
+            pts = pts[~pts["metric"].astype(str).str.startswith(MONITOR_PREFIXES)]
         if pts.empty:
             return 0
         codes, uniques = pd.factorize(pts["metric"].astype(str), sort=False)
