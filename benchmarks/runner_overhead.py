@@ -366,7 +366,7 @@ def report1(r: dict[str, Any], args: argparse.Namespace) -> bool:
     if r["gaps"]:
         gap = statistics.median(r["gaps"]) / 1e6
         print(f"between epochs (not in the per-step times): {gap:.2f} ms median of the loop's bookkeeping "
-              f"(epoch records, manifest update with fsync; the last epoch's checkpoint excluded) = "
+              f"(epoch records, reporter line, heartbeat fields; the last epoch's checkpoint excluded) = "
               f"{gap * 1e3 / per_epoch:.1f} us per step amortized over a {per_epoch}-step epoch")
         print(f"  counting it, expflow / hand per step (ratio of the medians): "
               f"{(med['expflow'] + gap / 1e3 / per_epoch) / hand:.3f}x")

@@ -87,19 +87,38 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import numpy as np
-import pandas as pd
-
-from expflow.align.sources import RawRun, SourceError, reason
-from expflow.align.sources.csvfile import read_csv
-from expflow.align.sources.swanlab import read_record_file
-from expflow.align.sources.tensorboard import EVENT_GLOB, read_event_files
-from expflow.align.sources.wandb import read_run_file
 from expflow.atomic import atomic_write_bytes
 from expflow.errors import ConfigError, PackageError
 from expflow.package.records import scan_records
+
+if TYPE_CHECKING:
+    from expflow.align.sources import RawRun
+
+# The readers (and pandas under them) load on the first file to read: a command run whose
+# program writes no tracker files never imports them (~0.5 s of its start-up).
+_READERS = {
+    "read_record_file": "expflow.align.sources.swanlab",
+    "read_run_file": "expflow.align.sources.wandb",
+    "read_event_files": "expflow.align.sources.tensorboard",
+    "read_csv": "expflow.align.sources.csvfile",
+}
+EVENT_GLOB = "*tfevents*"  # as expflow.align.sources.tensorboard
+
+
+def __getattr__(name: str) -> Any:
+    if name in _READERS:
+        import importlib
+
+        value = getattr(importlib.import_module(_READERS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _reader(name: str) -> Any:
+    return globals().get(name) or __getattr__(name)
 
 KINDS = ("swanlab", "wandb", "tensorboard", "csv")
 # Metrics a tracker logs about the machine (SwanLab's hardware monitor: __swanlab__.cpu.pct, ...):
@@ -324,20 +343,25 @@ class TrackerIngest:
     def _read(self, found: _Found, final: bool) -> RawRun:
         kind, path = found.source.kind, found.path
         if kind == "swanlab":  # while the program runs, the flushed prefix of its buffered writes
-            return read_record_file(path, partial=not final)
+            return _reader("read_record_file")(path, partial=not final)
         if kind == "wandb":
-            return read_run_file(path)
+            return _reader("read_run_file")(path)
         if kind == "tensorboard":
-            return read_event_files([path], path.parent)
+            return _reader("read_event_files")([path], path.parent)
         data = path.read_bytes()
         if not final:  # a line still being written would parse as a wrong value: up to the last newline
             data = data[: data.rfind(b"\n") + 1]
             if not data:
+                from expflow.align.sources import SourceError
+
                 raise SourceError(f"{path}: no complete line yet")
-        return read_csv(cast(Path, io.BytesIO(data)), found.source.step)
+        return _reader("read_csv")(cast(Path, io.BytesIO(data)), found.source.step)
 
     def _take(self, found: _Found, entry: _File, run: RawRun) -> int:
         """Queue the points of ``run`` past the file's counts; returns how many."""
+        import numpy as np
+        import pandas as pd
+
         pts = run.points
         if not pts.empty:  # the tracker's own machine monitor (CPU, memory): not the program's metrics
             pts = pts[~pts["metric"].astype(str).str.startswith(MONITOR_PREFIXES)]
@@ -412,7 +436,7 @@ class TrackerIngest:
         except FileNotFoundError:
             return
         except OSError as e:
-            raise PackageError(f"{path}: cannot read the tracker ingest state ({reason(e)})") from None
+            raise PackageError(f"{path}: cannot read the tracker ingest state ({e.strerror or type(e).__name__})") from None
         try:
             state = json.loads(raw)
             problem = _state_problem(state)
@@ -520,6 +544,8 @@ def _tb_prefixes(files: list[Path]) -> dict[Path, str]:
 
 def _why(error: BaseException, path: Path) -> str:
     """A read failure as a short reason, without the reader's own path prefix."""
+    from expflow.align.sources import SourceError, reason  # loaded by the reader that failed
+
     text = " ".join(str(error).split())
     if isinstance(error, SourceError):
         for prefix in (f"{path}: ", f"{os.path.realpath(path)}: "):

@@ -45,12 +45,12 @@ class SupervisedRunner(Runner):
         self.train_dl, self.sampler = train_loader(self.data, ctx.seed, shard)
         self.val_dl = val_loader(self.data, shard)
         self._loss_sum = torch.zeros((), device=ctx.device)
-        self._count = torch.zeros((), device=ctx.device)
+        self._count = 0  # samples this epoch (a Python int: no tensor op per step)
 
     def train_data(self, epoch: int) -> Any:
         self.sampler.set_epoch(epoch)
         self._loss_sum.zero_()
-        self._count.zero_()
+        self._count = 0
         return self.train_dl
 
     def train_step(self, batch: Any, state: TrainState) -> dict[str, Any]:
@@ -61,14 +61,15 @@ class SupervisedRunner(Runner):
                       scheduler=self.scheduler if self.scheduler_per_step else None)
         loss = loss.detach()
         n = len(y)
-        self._loss_sum += loss * n
+        self._loss_sum.add_(loss, alpha=n)
         self._count += n
         return {"train/loss": loss, "train/lr": self.optimizer.param_groups[0]["lr"]}
 
     def end_epoch(self, state: TrainState) -> dict[str, Any]:
         if self.scheduler is not None and not self.scheduler_per_step:
             self.scheduler.step()
-        total = self.ctx.all_reduce(torch.stack([self._loss_sum, self._count]), op="sum")
+        count = torch.tensor(float(self._count), device=self.ctx.device)
+        total = self.ctx.all_reduce(torch.stack([self._loss_sum, count]), op="sum")
         return {"train/epoch_loss": (total[0] / total[1].clamp(min=1)).item()}
 
     def validate(self, state: TrainState) -> dict[str, Any]:
