@@ -225,6 +225,7 @@ def run_command(pkg: SavePackage, *, resume: str | int | None = None,
 
 def _supervise(pkg: SavePackage, cfg: Any, spec: CommandSpec, resume: str | int | None,
                extra_env: dict[str, str]) -> Status:
+    from expflow.launch import die_with_parent
     from expflow.rank import Heartbeat
     from expflow.runlog import RankLogs
     from expflow.runner.channel import MetricsChannel
@@ -307,7 +308,7 @@ def _supervise(pkg: SavePackage, cfg: Any, spec: CommandSpec, resume: str | int 
             try:
                 proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, start_new_session=True,
-                                        preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                                        preexec_fn=die_with_parent if sys.platform == "linux" else None)
             except OSError as e:
                 raise ConfigError(f"{where}: runner.argv: cannot start {argv[0]!r}: {e.strerror or e} "
                                   f"(in {cwd})") from None
@@ -451,9 +452,3 @@ def _last_step(pkg: SavePackage) -> int | None:
 
     steps = [r["step"] for r in effective_metrics(pkg.scan_records().records)]
     return max(steps) if steps else None
-
-
-def _die_with_parent() -> None:
-    from expflow.launch import die_with_parent
-
-    die_with_parent()
