@@ -1,4 +1,5 @@
 # No rules here: config validation, the planned runs, and the input functions.
+import os
 import shlex
 
 from expflow.workflow import (
@@ -39,6 +40,7 @@ TRAIN_RETRIES = 0 if workflow.remote_exec else config["train"]["retries"]
 
 wildcard_constraints:
     run=r"[0-9a-f]{12}",
+    stamp=r"[0-9]+",
     script=r"[A-Za-z0-9_.-]+",
 
 
@@ -63,7 +65,7 @@ def all_targets():
     targets = expand(rules.train.output.done, run=sorted(RUNS))
     targets += expand(rules.analyze.output.done, run=sorted(RUNS), script=config["analyze"]["scripts"])
     if SYNC_TARGET != "off":
-        targets += expand(rules.sync.output.done, run=sorted(RUNS))
+        targets += [sync_target(run) for run in sorted(RUNS)]
     if config["report"]["enabled"]:
         targets.append(rules.report.output.html)
     if config["align"]["enabled"]:
@@ -73,12 +75,20 @@ def all_targets():
 
 # sync.target: upload every trained package at the end (swanlab | mlflow), or off (null).
 SYNC_TARGET = config["sync"]["target"] or "off"
-if SYNC_TARGET != "off":
-    from expflow.sync.cli import forget_deferred
 
-    # A deferred sync (no network or credentials) left a marker saying so: drop it, so this
-    # workflow run syncs those packages again.
-    forget_deferred(f"{RUNS_DIR}/{run}/tracker/sync/{SYNC_TARGET}.done" for run in RUNS)
+
+def sync_target(run):
+    """The run's sync marker; or, where that marker says a sync was deferred (no network or
+    credentials), a retry named after the marker's time: that job runs again and rewrites
+    the marker. Planning only reads the marker, so `snakemake -n` and `--lint` change no file."""
+    marker = expand(rules.sync.output.done, run=run)[0]
+    try:
+        with open(marker, "rb") as f:
+            deferred = f.readline().strip() == b"deferred"
+            stamp = os.fstat(f.fileno()).st_mtime_ns
+    except OSError:
+        return marker
+    return expand(rules.sync_retry.output.retry, run=run, stamp=stamp)[0] if deferred else marker
 
 
 def sync_options():
