@@ -91,7 +91,8 @@ def seed_align(points: pd.DataFrame, groups: dict[str, str | None], mapping: dic
     frames = {}
     for key, series in by_group.items():
         wide = pd.concat(series, axis=1)
-        wide = wide.reindex(range(int(wide.index.min()), int(wide.index.max()) + 1)).bfill()
+        # bfill inside each series only (issue 12: nothing before a series' first step)
+        wide = wide.reindex(range(int(wide.index.min()), int(wide.index.max()) + 1)).bfill(limit_area="inside")
         frames[key] = wide
     main_key = train_step if train_step in frames else None
     merged = frames[main_key]

@@ -112,7 +112,8 @@ def test_verl_and_roll_values(workspace):
     assert value(t, "verl", "algorithm/reward", 4) == verl_value("critic/score/mean", 5)  # step 4 never logged
     assert value(t, "verl", "algorithm/grad_norm", 6) == verl_value("actor/grad_norm", 7)
     assert value(t, "verl", "infra/throughput", 3) == verl_value("perf/throughput", 3)
-    assert value(t, "verl", "eval/accuracy", 2) == 0.3 + 0.01 * 5
+    assert value(t, "verl", "eval/accuracy", 2) is None  # validation starts at step 5: nothing before
+    assert value(t, "verl", "eval/accuracy", 5) == 0.3 + 0.01 * 5
     assert value(t, "verl", "eval/accuracy", 7) == 0.3 + 0.01 * 10
     assert value(t, "verl", "algorithm/policy_loss", 0) is None  # VERL starts at step 1
     assert value(t, "roll", "algorithm/reward", 7) == float(np.float32(roll_value("critic/score/mean", 7)))

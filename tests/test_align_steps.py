@@ -86,7 +86,8 @@ def test_without_a_train_group_the_source_step_is_the_axis_and_wanted_filters():
     out = align_steps(pts, {"loss": None, "acc": None}, wanted={"loss", "nope"})
     assert set(out["metric"].astype(str)) == {"loss"}
     assert series(out, "loss") == {1: 1.0, 2: 3.0, 3: 3.0}
-    assert series(align_steps(pts, {"loss": None, "acc": None}), "acc") == {1: 0.5, 2: 0.5, 3: 0.5, 4: 0.9, 5: 0.9,
+    # acc starts at 3: nothing before its first logged step, though the axis starts at 1
+    assert series(align_steps(pts, {"loss": None, "acc": None}), "acc") == {3: 0.5, 4: 0.9, 5: 0.9,
                                                                           6: 0.9, 7: 0.9, 8: 0.9, 9: 0.9}
 
 

@@ -5,10 +5,11 @@ against ``rollout/step``, ``eval/*`` against ``eval/step`` (``define_metric``); 
 do the same with ``define_metric(..., x_axis=...)``. Seed 002 aligns such a run by
 fetching each metric with its step key, and then, per group:
 
-1. index the group on its full step range (seed: ``0..max``; here from the group's first
-   step, which is 0 for SLIME, so no step is invented before a run starts),
+1. index the group on its full step range (seed: ``0..max``),
 2. keep the last non-null value per step,
-3. back-fill missing steps (``bfill``: a step takes the next logged value),
+3. back-fill missing steps (``bfill``: a step takes the next logged value); here only
+   inside each series, from its first logged step to its last, so no value is invented
+   before a metric starts (the seed back-fills from step 0) or after it ends,
 4. merge the groups on the train step (a left join: the train group's range is the axis).
 
 :func:`align_steps` does all of it for every metric at once, on flat arrays (a stable sort,
@@ -77,6 +78,7 @@ def align_steps(
     train_step: str = "train/step",
     fill: str = "bfill",
     wanted: Iterable[str] | None = None,
+    scale_keys: Mapping[str, int] | None = None,
 ) -> pd.DataFrame:
     """One value per (metric, step) on the train step axis.
 
@@ -85,8 +87,14 @@ def align_steps(
     ``groups``: metric -> step key, from :func:`assign_groups`. A point's step is the value
     its step key had at the point's row (the last one logged at or before it, as W&B's
     ``step_sync`` does); without a step key, the row itself. Only ``wanted`` metrics are
-    returned (all when None). Returns columns ``metric`` (categorical), ``step``, ``value``.
+    returned (all when None). ``scale_keys``: step key -> factor its group's steps are
+    multiplied by (SLIME's ``rollout/step`` is the rollout id: × ``num_steps_per_rollout``
+    puts a rollout at the train step it starts). With a ``segment`` column (several files
+    or runs, see ``sources.merge_runs``) a step key applies within its segment, a later
+    segment wins at a repeated step, and one that rewinds replaces (:func:`_not_replaced`).
+    Returns columns ``metric`` (categorical), ``step``, ``value``.
     """
+    scale_keys = dict(scale_keys or {})
     metric = points["metric"]
     if isinstance(metric.dtype, pd.CategoricalDtype):
         codes = metric.cat.codes.to_numpy(np.int64)
@@ -96,6 +104,16 @@ def align_steps(
         codes, names = raw_codes.astype(np.int64), [str(n) for n in uniques]
     rows = points["row"].to_numpy(np.int64)
     vals = points["value"].to_numpy(np.float64)
+    seg = points["segment"].to_numpy(np.int64) if "segment" in points.columns else None
+    if seg is not None and len(rows):
+        # A step key applies within its own segment (file, run): look rows up on
+        # (segment, row), one number.
+        span_rows = int(rows.max()) - int(rows.min()) + 1
+        if int(seg.max()) + 1 > (_I64.max // 2) // max(span_rows, 1):
+            raise ValueError("rows too far apart to merge the segments")
+        look = seg * span_rows + (rows - int(rows.min()))
+    else:
+        look = rows
     code_of = {n: i for i, n in enumerate(names)}
     keys = sorted({k for n, k in groups.items() if k is not None and n in code_of and k in code_of})
     key_index = {k: i for i, k in enumerate(keys)}
@@ -107,14 +125,24 @@ def align_steps(
     for gi, key in enumerate(keys):
         members = pgroup == gi
         kmask = (codes == code_of[key]) & np.isfinite(vals)
-        krows, kvals = _last_per_row(rows[kmask], vals[kmask])
-        idx = np.searchsorted(krows, rows[members], side="right") - 1
+        krows, kvals = _last_per_row(look[kmask], vals[kmask])
+        idx = np.searchsorted(krows, look[members], side="right") - 1
         xs = np.full(idx.shape, np.nan)
         ok = idx >= 0
+        if seg is not None:  # not a key row of an earlier segment
+            ok &= (krows[np.maximum(idx, 0)] // span_rows) == seg[members]
         xs[ok] = kvals[idx[ok]]
         x[members] = xs
+    if scale_keys:
+        for gi, key in enumerate(keys):
+            factor = scale_keys.get(key)
+            if factor and factor != 1:
+                x[pgroup == gi] *= factor
     placed = (codes >= 0) & ~np.isnan(x)
     c, steps, v, g = codes[placed], np.rint(x[placed]).astype(np.int64), vals[placed], pgroup[placed]
+    if seg is not None:
+        keep = _not_replaced(c, steps, seg[placed], len(names))
+        c, steps, v, g = c[keep], steps[keep], v[keep], g[keep]
     if not len(c):
         return _frame(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), names)
 
@@ -148,17 +176,19 @@ def align_steps(
     is_last[:-1] = ks[1:] != ks[:-1]
     is_last[-1] = True
     sel = order[is_last]
-    ku, cu, xu, vu, gu = ks[is_last], c[sel], steps[sel], v[sel], g[sel]
+    ku, cu, xu, vu = ks[is_last], c[sel], steps[sel], v[sel]
 
     if fill == "none":
         inside = (xu >= lo_main) & (xu <= hi_main)
         return _frame(cu[inside], xu[inside], vu[inside], names)
 
-    # 4. back-fill: metric m gets every step from its group's first step (or the axis start)
-    #    to its own last logged step (or the axis end); each takes the next logged value
+    # 4. back-fill inside each series only: metric m gets every step from its own first
+    #    logged step (or the axis start) to its own last (or the axis end); each takes the
+    #    next logged value. Nothing before a series starts (VERL's step-0 validation does
+    #    not give the training metrics a step 0) or after it ends.
     starts = np.flatnonzero(np.r_[True, cu[1:] != cu[:-1]])
     ends = np.r_[starts[1:], len(cu)] - 1
-    lo = np.maximum(np.array([first[gi] for gi in gu[starts]], dtype=np.int64), lo_main)
+    lo = np.maximum(xu[starts], lo_main)
     hi = np.minimum(xu[ends], hi_main)
     counts = np.clip(hi - lo + 1, 0, None)
     offsets = np.cumsum(counts) - counts
@@ -166,6 +196,20 @@ def align_steps(
     out_codes = np.repeat(cu[starts], counts)
     pos = np.searchsorted(ku, out_codes * span + (out_steps - xmin), side="left")
     return _frame(out_codes, out_steps, vu[pos], names)
+
+
+def _not_replaced(codes: np.ndarray, steps: np.ndarray, seg: np.ndarray, n_names: int) -> np.ndarray:
+    """Per metric, a later segment replaces an earlier one's points from its own first
+    step on, when it starts at or before a step the earlier one reached (a restart that
+    rewinds); a segment that starts after them continues the series."""
+    n_seg = int(seg.max()) + 1 if len(seg) else 0
+    if n_seg < 2:
+        return np.ones(len(codes), dtype=bool)
+    first = np.full((n_names, n_seg + 1), _I64.max, dtype=np.int64)
+    np.minimum.at(first, (codes, seg), steps)
+    # the smallest first step of any later segment: the limit an earlier point must stay under
+    later = np.minimum.accumulate(first[:, ::-1], axis=1)[:, ::-1]
+    return steps < later[codes, seg + 1]
 
 
 def _last_per_row(rows: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -2,6 +2,11 @@
 
 Every kind reads its files (or its cloud run) into a :class:`RawRun`: a long table of
 ``(metric, row, value)`` points in log order, plus the step keys the source declared.
+A local source may be several files or runs (``path`` a list, a glob, or a directory
+holding several runs): each is read on its own and they are merged by :func:`merge_runs`
+in time order, one *segment* each (the ``segment`` column); ``steps.align_steps`` then
+applies the merge rules (a later segment wins at a repeated step; per metric, a segment
+that goes back to a step an earlier one reached replaces the earlier points from there).
 ``fingerprint()`` is cheap (a ``stat``, or one metadata call for cloud runs) and changes
 whenever the data could have: it keys the cache, so an unchanged source is never read
 again. A corrupt or truncated file is a :class:`SourceError` naming the file; a source
@@ -11,6 +16,7 @@ in ``info[DAMAGE]``: a warning, or with ``--strict`` the framework's error.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -30,6 +36,8 @@ T = TypeVar("T")
 
 # RawRun.info key: one line saying what a read skipped as damaged (file, count, first bad line)
 DAMAGE = "damage"
+# RawRun.info key: lines a read wants reported as warnings (bad CSV cells per column...)
+NOTES = "notes"
 
 
 class SourceError(AlignError):
@@ -40,7 +48,7 @@ class SourceError(AlignError):
 class RawRun:
     """A source's points, in log order; ``row`` is the source's own step."""
 
-    points: pd.DataFrame  # metric (categorical), row (int64), value (float64)
+    points: pd.DataFrame  # metric (categorical), row (int64), value (float64)[, segment (int32)]
     step_keys: dict[str, str] = field(default_factory=dict)  # metric or glob -> step key
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -62,6 +70,38 @@ def points_frame(metrics: Iterable[str], rows: Iterable[int], values: Iterable[f
             "value": np.fromiter(values, dtype=np.float64),
         }
     )
+
+
+def merge_runs(runs: list[RawRun]) -> RawRun:
+    """Several reads of one framework (files, runs, writers), given in time order, as one
+    run: their points one after the other, each read its own ``segment``; step keys
+    declared by any of them (a later declaration of the same name wins); ``info["files"]``
+    lists what was read, in that order."""
+    if len(runs) == 1:
+        return runs[0]
+    parts, step_keys, files = [], {}, []
+    info: dict[str, Any] = {}
+    for i, run in enumerate(runs):
+        p = run.points
+        parts.append(pd.DataFrame({"metric": p["metric"].astype(str), "row": p["row"].to_numpy(np.int64),
+                                   "value": p["value"].to_numpy(np.float64),
+                                   "segment": np.full(len(p), i, dtype=np.int32)}))
+        step_keys.update(run.step_keys)
+        files += run.info.get("files") or [run.info.get("file") or run.info.get("run_path") or str(i)]
+        for k, v in run.info.items():
+            if k == DAMAGE and info.get(DAMAGE):
+                info[DAMAGE] = f"{info[DAMAGE]}; {v}"
+            elif k not in ("file", "files"):
+                info.setdefault(k, v)  # the first read's name, id, config...
+    points = pd.concat(parts, ignore_index=True)
+    points["metric"] = pd.Categorical(points["metric"])
+    info["files"] = files
+    return RawRun(points, step_keys, info)
+
+
+def notes_of(raw: RawRun) -> list[str]:
+    """What a read wants said (e.g. a CSV's bad cells), one line each."""
+    return list(raw.info.get(NOTES) or [])
 
 
 class PointBuffer:
@@ -129,19 +169,53 @@ class Source:
         return f"{self.kind} {self.spec.path}"
 
 
+def spec_paths(path: Any) -> list[Path]:
+    """A spec's ``path``: one path, a list of them, or globs; each must match something."""
+    items = [path] if isinstance(path, (str, os.PathLike)) else list(path or [])
+    out: list[Path] = []
+    for item in items:
+        text = str(item)
+        if any(ch in text for ch in "*?["):
+            found = sorted(Path(m) for m in glob.glob(text, recursive=True))
+            if not found:
+                raise SourceError(f"{text}: the pattern matches no file or directory")
+            out += found
+        else:
+            out.append(require_path(text))
+    return list(dict.fromkeys(out))
+
+
+def describe_paths(path: Any) -> str:
+    if isinstance(path, (str, os.PathLike)) or path is None:
+        return str(path)
+    items = [str(p) for p in path]
+    return items[0] if len(items) == 1 else f"[{', '.join(items)}]"
+
+
 class FileSource(Source):
     """A source in local files: its fingerprint is their ``stat``, never their content.
-    One-file kinds set ``find_file`` (spec path -> the file) and ``read_file``."""
+    Kinds set ``find_files`` (a spec path -> the runs' files under it) and ``read_file``
+    (one file -> a RawRun); several files are read in time order and merged."""
 
-    find_file: ClassVar[Callable[[Path], Path]]
+    find_files: ClassVar[Callable[[Path], list[Path]]]
     read_file: ClassVar[Callable[[Path], RawRun]]
 
     def files(self) -> list[Path]:
         """The files the source is read from (a SourceError when there are none)."""
-        return [self.find_file(Path(self.spec.path))]
+        found: list[Path] = []
+        for p in spec_paths(self.spec.path):
+            found += self.find_files(p)
+        return list(dict.fromkeys(found))
 
     def parse(self, files: list[Path]) -> RawRun:
-        return self.read_file(files[0])
+        return merge_runs(in_time_order([self.read_file(f) for f in files]))
+
+    def identity(self) -> str:
+        paths = [self.spec.path] if isinstance(self.spec.path, (str, os.PathLike)) else list(self.spec.path)
+        return f"{self.kind}:" + "|".join(str(Path(p).resolve()) if not any(c in str(p) for c in "*?[") else str(p) for p in paths)
+
+    def describe(self) -> str:
+        return f"{self.kind} {describe_paths(self.spec.path)}"
 
     def fingerprint(self) -> str:
         try:
@@ -184,6 +258,11 @@ class CloudSource(Source):
         return zip(keys, results, strict=True)
 
 
+def in_time_order(runs: list[RawRun]) -> list[RawRun]:
+    """Reads sorted by when they started (``info["start"]``, seconds), stable otherwise."""
+    return sorted(runs, key=lambda r: float(r.info.get("start") or 0.0))
+
+
 def digest(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -215,14 +294,11 @@ def require_path(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-def single(found: list[Path], where: Path, what: str) -> Path:
-    """The one match of a directory search; none or several is a SourceError."""
+def some(found: list[Path], where: Path, what: str) -> list[Path]:
+    """The matches of a directory search; none is a SourceError."""
     if not found:
         raise SourceError(f"{where}: no {what} found")
-    if len(found) > 1:
-        names = ", ".join(str(p.relative_to(where)) for p in sorted(found)[:5])
-        raise SourceError(f"{where}: {len(found)} found where one {what} was expected ({names}); name one")
-    return found[0]
+    return sorted(found)
 
 
 def _kinds() -> dict[str, type[Source]]:

@@ -28,18 +28,23 @@ from expflow.align.sources import (
     is_number,
     reason,
     require_path,
-    single,
+    some,
 )
 
 
-def find_record_file(path: Path) -> Path:
-    """The ``.swanlab`` file of ``path``: the file itself, a run directory, or a log
-    directory holding one run."""
+def find_record_files(path: Path) -> list[Path]:
+    """The ``.swanlab`` files of ``path``: the file itself, a run directory, or a log
+    directory holding one run or several."""
     p = require_path(path)
     if p.is_file():
-        return p
+        return [p]
     found = sorted(p.glob("*.swanlab")) or sorted(p.glob("run-*/*.swanlab"))
-    return single(found, p, "SwanLab run (.swanlab file)")
+    return some(found, p, "SwanLab run (.swanlab file)")
+
+
+def find_record_file(path: Path) -> Path:
+    """The first ``.swanlab`` file of ``path`` (in name, i.e. start-time, order)."""
+    return find_record_files(path)[0]
 
 
 def read_record_file(path: Path, *, partial: bool = False) -> RawRun:
@@ -96,7 +101,8 @@ def read_record_file(path: Path, *, partial: bool = False) -> RawRun:
                 if col.x_axis:
                     x_axes[col.column_key] = col.x_axis
             elif kind == "start":
-                info.update(name=rec.start.name, id=rec.start.id, project=rec.start.project)
+                info.update(name=rec.start.name, id=rec.start.id, project=rec.start.project,
+                            start=rec.start.started_at.seconds + rec.start.started_at.nanos / 1e9)
     finally:
         reader.close()
     return RawRun(buf.frame(), x_axes, info)
@@ -104,7 +110,7 @@ def read_record_file(path: Path, *, partial: bool = False) -> RawRun:
 
 class SwanLabOfflineSource(FileSource):
     kind = "swanlab-offline"
-    find_file = staticmethod(find_record_file)
+    find_files = staticmethod(find_record_files)
     read_file = staticmethod(read_record_file)
 
 

@@ -6,23 +6,27 @@ files are read here with TensorBoard's own record reader, which checks every CRC
 raises on a torn record, and ``event_pb2.Event``. Scalars come from ``simple_value`` or
 from one-element tensor summaries (TF2 writers); values are float32 as logged.
 
-Like ``EventAccumulator`` (``purge_orphaned_data``), a step that goes backwards (a run
-restarted from a checkpoint) drops the points the earlier attempt logged at or after it.
-Several files in one directory are read in name (time) order; several directories with
-event files each prefix their metrics with the directory's relative path.
+Several files in one directory (several writers: SLIME opens one ``SummaryWriter`` per
+process; or a restarted run) are read in name (start time) order and every tag of every
+file is kept, as ``EventAccumulator`` keeps them. Each file is a segment of the merge
+(``sources.merge_runs``): at a repeated step of a tag the later file's point wins, and a
+later file that goes back to a step an earlier one reached (a run restarted from a
+checkpoint) replaces that tag's earlier points from that step on. Several directories
+with event files each prefix their metrics with the directory's relative path.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
+import pandas as pd
 
 from expflow.align.sources import (
     FileSource,
     PointBuffer,
     RawRun,
     SourceError,
+    merge_runs,
     reason,
     require_path,
 )
@@ -57,69 +61,51 @@ def _scalar(value: object) -> float | None:
 
 
 def read_event_files(files: list[Path], root: Path) -> RawRun:
+    """Every scalar of every file; each file (one writer) is a segment of the merge, in name
+    order, which is the writer's start time (``events.out.tfevents.<time>.<host>...``)."""
     dirs = sorted({f.parent for f in files})
-    buf = PointBuffer()
+    runs: list[RawRun] = []
     for d in dirs:
         prefix = ""
         if len(dirs) > 1 and root.is_dir() and d != root:
             prefix = f"{d.relative_to(root).as_posix()}/"
-        metrics, steps, values = _read_directory([f for f in files if f.parent == d], prefix)
-        buf.metrics += metrics
-        buf.rows += steps
-        buf.values += values
-    return RawRun(buf.frame(), {}, {"files": [str(f) for f in files]})
+        for f in sorted(x for x in files if x.parent == d):
+            runs.append(RawRun(_read_file(f, prefix), {}, {"file": str(f)}))
+    merged = merge_runs(runs)
+    merged.info.setdefault("files", [str(f) for f in files])
+    merged.info.pop("file", None)
+    return merged
 
 
-def _read_directory(files: list[Path], prefix: str) -> tuple[list[str], list[int], list[float]]:
-    """One TensorBoard run: its files in order, restarts purged."""
+def _read_file(f: Path, prefix: str) -> pd.DataFrame:
     from tensorboard.compat.proto import event_pb2
     from tensorboard.compat.tensorflow_stub import errors, pywrap_tensorflow
 
     buf = PointBuffer()
-    purges: list[tuple[int, int]] = []  # (points logged before the restart, its step)
-    latest = None
     event = event_pb2.Event()
-    for f in files:
+    try:
+        reader = pywrap_tensorflow.PyRecordReader_New(str(f))
+    except Exception as e:
+        raise SourceError(f"{f}: cannot open ({reason(e)})") from None
+    while True:
         try:
-            reader = pywrap_tensorflow.PyRecordReader_New(str(f))
-        except Exception as e:
-            raise SourceError(f"{f}: cannot open ({reason(e)})") from None
-        while True:
-            try:
-                reader.GetNext()
-            except errors.OutOfRangeError:
-                break
-            except errors.DataLossError as e:
-                raise SourceError(f"{f}: corrupt or truncated event file ({' '.join(str(e).split())})") from None
-            try:
-                event.ParseFromString(reader.record())
-            except Exception:
-                raise SourceError(f"{f}: corrupt event record (not an Event)") from None
-            if not event.HasField("summary"):
-                continue
-            step = int(event.step)
-            if latest is not None and step < latest:
-                purges.append((len(buf.rows), step))
-            latest = step
-            for value in event.summary.value:
-                v = _scalar(value)
-                if v is not None:
-                    buf.add(prefix + value.tag, step, v)
-    if not purges:
-        return buf.metrics, buf.rows, buf.values
-    keep = _kept(np.asarray(buf.rows, dtype=np.int64), purges)
-    idx = np.flatnonzero(keep)
-    return [buf.metrics[i] for i in idx], [buf.rows[i] for i in idx], [buf.values[i] for i in idx]
-
-
-def _kept(steps: np.ndarray, purges: list[tuple[int, int]]) -> np.ndarray:
-    """A point survives unless a later restart went back to a step at or before its own."""
-    limit = np.full(len(steps) + 1, np.iinfo(np.int64).max)
-    for index, step in purges:
-        limit[index] = min(limit[index], step)
-    # The smallest restart step after each point (restarts at index i apply to points < i).
-    after = np.minimum.accumulate(limit[::-1])[::-1][1:]
-    return steps < after
+            reader.GetNext()
+        except errors.OutOfRangeError:
+            break
+        except errors.DataLossError as e:
+            raise SourceError(f"{f}: corrupt or truncated event file ({' '.join(str(e).split())})") from None
+        try:
+            event.ParseFromString(reader.record())
+        except Exception:
+            raise SourceError(f"{f}: corrupt event record (not an Event)") from None
+        if not event.HasField("summary"):
+            continue
+        step = int(event.step)
+        for value in event.summary.value:
+            v = _scalar(value)
+            if v is not None:
+                buf.add(prefix + value.tag, step, v)
+    return buf.frame()
 
 
 class TensorBoardSource(FileSource):

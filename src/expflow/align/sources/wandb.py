@@ -30,8 +30,9 @@ from expflow.align.sources import (
     SourceError,
     digest,
     is_number,
+    merge_runs,
     require_path,
-    single,
+    some,
 )
 from expflow.align.steps import assign_groups
 
@@ -43,18 +44,23 @@ FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 _TYPE_CRC = {t: zlib.crc32(bytes([t])) for t in (FULL, FIRST, MIDDLE, LAST)}
 
 
-def find_run_file(path: Path) -> Path:
-    """The ``.wandb`` file of ``path``: the file, a run directory, or a ``wandb/`` directory
-    (or its parent) holding one run."""
+def find_run_files(path: Path) -> list[Path]:
+    """The ``.wandb`` files of ``path``: the file, a run directory, or a ``wandb/`` directory
+    (or its parent) holding one run or several (a resumed run, one run per process)."""
     p = require_path(path)
     if p.is_file():
-        return p
+        return [p]
     found = sorted(p.glob("*.wandb"))
     if not found:
         found = sorted(q for q in p.glob("*run-*/*.wandb") if "latest-run" not in q.parts)
     if not found:
         found = sorted(q for q in p.glob("wandb/*run-*/*.wandb") if "latest-run" not in q.parts)
-    return single(found, p, "W&B run (.wandb file)")
+    return some(found, p, "W&B run (.wandb file)")
+
+
+def find_run_file(path: Path) -> Path:
+    """The first ``.wandb`` file of ``path`` (in name, i.e. start-time, order)."""
+    return find_run_files(path)[0]
 
 
 def iter_records(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -98,6 +104,12 @@ def iter_records(path: Path) -> Iterator[tuple[int, bytes]]:
         raise SourceError(f"{path}: truncated at byte {start} (the last record is incomplete)")
 
 
+def _media_keys(items: Any) -> set[str]:
+    """Top-level keys of a history row that hold a media or other typed object (an image,
+    a table, a histogram): W&B stores them as nested keys, one of them ``_type``."""
+    return {item.nested_key[0] for item in items if len(item.nested_key) > 1 and item.nested_key[-1] == "_type"}
+
+
 def _number(item: Any) -> float | None:
     """A history item's value if it is a number (W&B writes value_json; newer SDKs may
     write the typed fields)."""
@@ -130,6 +142,7 @@ def read_run_file(path: Path) -> RawRun:
     step_keys: dict[str, str] = {}
     info: dict[str, Any] = {"file": str(path)}
     rec = pb.Record()
+    config: dict[str, Any] = {}
     next_row = 0
     for offset, payload in iter_records(path):
         try:
@@ -140,7 +153,10 @@ def read_run_file(path: Path) -> RawRun:
         if kind == "history":
             row: int | None = None
             values: list[tuple[str, float]] = []
+            media = _media_keys(rec.history.item)
             for item in rec.history.item:
+                if media and len(item.nested_key) > 1 and item.nested_key[0] in media:
+                    continue  # an image's width, height, size...: not metrics
                 name = item.key or ".".join(item.nested_key)
                 if name == "_step":
                     try:
@@ -163,14 +179,53 @@ def read_run_file(path: Path) -> RawRun:
             if m.step_metric:
                 step_keys[m.name or m.glob_name] = m.step_metric
         elif kind == "run":
-            info.update(name=rec.run.display_name, id=rec.run.run_id, project=rec.run.project)
+            info.update(name=rec.run.display_name, id=rec.run.run_id, project=rec.run.project,
+                        start=rec.run.start_time.seconds + rec.run.start_time.nanos / 1e9)
+            _config(rec.run.config.update, config)
+        elif kind == "config":
+            _config(rec.config.update, config)
+    if config:
+        info["config"] = config
     return RawRun(buf.frame(), step_keys, info)
+
+
+def _config(items: Any, into: dict[str, Any]) -> None:
+    """The run config's scalar top-level values (e.g. SLIME's ``num_steps_per_rollout``)."""
+    for item in items:
+        try:
+            value = json.loads(item.value_json)
+        except ValueError:
+            continue
+        if isinstance(value, dict) and set(value) <= {"value", "desc"} and "value" in value:
+            value = value["value"]
+        if isinstance(value, (bool, int, float, str)) and item.key:
+            into[item.key] = value
+
+
+def read_run_files(files: list[Path]) -> RawRun:
+    """Several ``.wandb`` files as one run, in start-time order. Files of the same run id
+    (``resume="allow"`` in another process) continue it: W&B restarts ``_step`` at 0 in an
+    offline resumed file, and its rows are shifted after the previous file's last row, as
+    the synced run shows them. Files of different runs (one run per process) are merged by
+    their step keys (see ``steps.align_steps`` for a repeated step)."""
+    runs = sorted((read_run_file(f) for f in files), key=lambda r: (float(r.info.get("start") or 0.0), r.info["file"]))
+    last: dict[str, int] = {}  # run id -> the last row so far
+    for run in runs:
+        rid = run.info.get("id")
+        if rid in last and len(run.points):
+            run.points["row"] += last[rid] + 1
+        if len(run.points):
+            last[rid] = int(run.points["row"].max())
+    return merge_runs(runs)
 
 
 class WandbOfflineSource(FileSource):
     kind = "wandb-offline"
-    find_file = staticmethod(find_run_file)
+    find_files = staticmethod(find_run_files)
     read_file = staticmethod(read_run_file)
+
+    def parse(self, files: list[Path]) -> RawRun:
+        return read_run_files(files)
 
 
 class WandbCloudSource(CloudSource):
