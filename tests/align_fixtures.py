@@ -68,7 +68,7 @@ def write_slime(root: Path) -> Path:
 
     root.mkdir(parents=True, exist_ok=True)
     with wandb_env(root):
-        run = wandb.init(project="slime-demo", name="slime", settings=wandb.Settings(x_disable_stats=True))
+        run = wandb.init(project="slime-demo", name="slime", dir=str(root), settings=wandb.Settings(x_disable_stats=True))
         run.define_metric("train/step")
         run.define_metric("train/*", step_metric="train/step")
         run.define_metric("rollout/step")

@@ -233,7 +233,7 @@ def test_swanlab_cloud_fetches_every_point_per_key(monkeypatch):
     assert values(raw, "loss") == {0: 0.0, 1: 1.0, 2: 2.0} and "acc" not in raw.metrics
     assert len(src.fingerprint()) == 64
     with pytest.raises(SourceError, match="user/project/id"):
-        SwanLabCloudSource(SourceSpec(kind="swanlab", id="exp123")).read()
+        SwanLabCloudSource(SourceSpec(kind="swanlab", id="a/exp123")).read()  # neither bare nor full
 
 
 def test_cloud_service_errors_are_source_errors(monkeypatch):

@@ -23,7 +23,7 @@ from rich.console import Console
 from expflow.align.aligned import align_framework
 from expflow.align.cache import SourceCache
 from expflow.align.check import ERROR, FrameworkCheck, check_framework, check_report, render_check
-from expflow.align.sources import Source, SourceError, make_source
+from expflow.align.sources import Source, SourceError, make_source, notes_of, reason
 from expflow.align.spec import Plan
 from expflow.align.tracker import check_target, write_experiments
 from expflow.atomic import atomic_write, atomic_write_json, atomic_write_text
@@ -89,20 +89,22 @@ def run_alignment(
     names: dict[str, str] = {}
 
     for fw in plan.frameworks:
-        source = make_source(_for_workflow(fw.source, workflow))
+        # Anything wrong with one framework's source (a bad id, an unreadable file) fails
+        # that framework alone: the others are aligned and the exit status says so.
         try:
+            source = make_source(_for_workflow(fw.source, workflow))
             instances = source.instances()
-        except SourceError as e:
-            result.checks.append(FrameworkCheck(fw.name, fw.name, source.describe(), status=ERROR, error=e.one_line()))
+        except (SourceError, OSError) as e:
+            result.checks.append(FrameworkCheck(fw.name, fw.name, _describe(fw.source), status=ERROR, error=_one_line(e)))
             continue
         for suffix, inst in instances:
             label = fw.name if suffix is None else f"{fw.name}/{suffix}"
-            check = FrameworkCheck(label, fw.name, inst.describe())
+            check = FrameworkCheck(label, fw.name, _describe(fw.source, inst))
             result.checks.append(check)
             try:
                 raw, from_cache = _load(inst, label, cache, console)
-            except SourceError as e:
-                check.status, check.error = ERROR, e.one_line()
+            except (SourceError, OSError) as e:
+                check.status, check.error = ERROR, _one_line(e)
                 continue
             (result.cached if from_cache else result.read).append(label)
             if raw.damage:  # kept in the cache entry: a cache hit warns (or fails) the same
@@ -110,10 +112,11 @@ def run_alignment(
                     check.status, check.error = ERROR, f"{raw.damage} (--strict)"
                     continue
                 check.warnings.append(f"{raw.damage}; the bad lines are skipped (--strict fails the package)")
+            check.warnings += notes_of(raw)
             try:
                 aligned = align_framework(raw, fw)
             except ValueError as e:  # e.g. steps too far apart to put on one axis
-                check.status, check.error = ERROR, f"{inst.describe()}: cannot align: {e}"
+                check.status, check.error = ERROR, f"{check.source}: cannot align: {e}"
                 continue
             table = aligned.table
             check.points, check.from_cache, check.notes = len(table), from_cache, aligned.notes
@@ -140,6 +143,19 @@ def run_alignment(
     return result
 
 
+def _describe(spec: Any, source: Source | None = None) -> str:
+    try:
+        return (source or make_source(spec)).describe()
+    except Exception:  # describing must never be what fails a framework
+        return f"{spec.kind} {spec.path or spec.id or spec.run_path}"
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, SourceError):
+        return e.one_line()
+    return f"{getattr(e, 'filename', '') or ''}: {reason(e)}".lstrip(": ")
+
+
 def _for_workflow(spec: Any, workflow: WorkflowRuns | None) -> Any:
     """An expflow source on the workflow's runs directory aligns the workflow's runs."""
     if workflow is None or spec.kind != "expflow" or spec.runs is not None or spec.path is None:
@@ -156,7 +172,9 @@ def _load(source: Source, label: str, cache: SourceCache, console: Console) -> t
     if raw is not None:
         return raw, True
     t0 = time.perf_counter()
-    with console.status(f"reading {label} ({source.describe()})"):
+    from rich.markup import escape
+
+    with console.status(escape(f"reading {label} ({source.describe()})")):
         raw = source.read()
     console.print(f"read {label}: {len(raw.points):,} points in {time.perf_counter() - t0:.1f}s", highlight=False, markup=False)
     cache.store(label, identity, fingerprint, raw)

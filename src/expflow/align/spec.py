@@ -45,7 +45,8 @@ class SourceSpec:
     """Where a framework's metrics come from. Which fields apply depends on ``kind``."""
 
     kind: str = MISSING
-    path: str | None = None  # local kinds: a file or a directory
+    # local kinds: a file or a directory, a glob, or a list of them (merged by step)
+    path: Any = None
     id: str | None = None  # swanlab (cloud): experiment id, or "user/project/id"
     project: str | None = None  # swanlab (cloud): "user/project" when id is bare
     run_path: str | None = None  # wandb (cloud): "entity/project/run_id"

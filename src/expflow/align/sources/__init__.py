@@ -91,6 +91,8 @@ def merge_runs(runs: list[RawRun]) -> RawRun:
         for k, v in run.info.items():
             if k == DAMAGE and info.get(DAMAGE):
                 info[DAMAGE] = f"{info[DAMAGE]}; {v}"
+            elif k == NOTES:
+                info[NOTES] = [*info.get(NOTES, []), *v]
             elif k not in ("file", "files"):
                 info.setdefault(k, v)  # the first read's name, id, config...
     points = pd.concat(parts, ignore_index=True)
@@ -127,6 +129,7 @@ class Source:
     kind: ClassVar[str]
     required: ClassVar[tuple[str, ...]] = ("path",)
     optional: ClassVar[tuple[str, ...]] = ()
+    many_paths: ClassVar[bool] = False  # path may be a list
 
     def __init__(self, spec: Any):
         self.spec = spec
@@ -139,6 +142,12 @@ class Source:
         from expflow.align.spec import SourceSpec
 
         defaults = SourceSpec(kind=cls.kind)
+        path = getattr(spec, "path", None)
+        if path is not None and not isinstance(path, str):
+            if not cls.many_paths:
+                return f".path: one path for kind {cls.kind}, got {type(path).__name__}"
+            if not isinstance(path, list) or not path or not all(isinstance(p, str) and p for p in path):
+                return ".path: expected a path, a glob, or a list of them"
         for name in cls.required:
             if getattr(spec, name) in (None, ""):
                 return f".{name}: required by kind {cls.kind}"
@@ -199,6 +208,7 @@ class FileSource(Source):
 
     find_files: ClassVar[Callable[[Path], list[Path]]]
     read_file: ClassVar[Callable[[Path], RawRun]]
+    many_paths = True
 
     def files(self) -> list[Path]:
         """The files the source is read from (a SourceError when there are none)."""

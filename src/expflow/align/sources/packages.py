@@ -32,6 +32,7 @@ MANIFEST = "manifest.json"
 class ExpflowSource(FileSource):
     kind = "expflow"
     optional = ("runs",)
+    many_paths = False
 
     def __init__(self, spec: object, package: Path | None = None):
         super().__init__(spec)

@@ -114,27 +114,46 @@ class SwanLabOfflineSource(FileSource):
     read_file = staticmethod(read_record_file)
 
 
+def _find_experiment(api: Any, ident: str) -> str:
+    """``user/project/id`` of a bare experiment id: searched in the API user's projects."""
+    if ident.count("/") != 0:
+        raise SourceError(f"swanlab experiment {ident!r}: give id as 'user/project/id', or a bare id with project: 'user/project'")
+    user = api.username
+    user = user() if callable(user) else user
+    for project in api.projects(user, all=True):
+        for exp in api.runs(project.path):
+            if getattr(exp, "run_id", None) == ident or getattr(exp, "id", None) == ident:
+                return f"{project.path}/{ident}"
+    raise SourceError(
+        f"swanlab experiment {ident!r}: not found in the projects of {user!r}; "
+        "give id as 'user/project/id', or set project: 'user/project'"
+    )
+
+
 class SwanLabCloudSource(CloudSource):
     kind = "swanlab"
     required = ("id",)
     optional = ("project", "host", "workers")
 
     def cloud_path(self) -> str:
+        """``user/project/id``; a bare id (seed 002's ``exp_id``) with ``project`` unset is
+        kept bare here and found in the user's projects when the run is opened."""
         ident = self.spec.id.strip("/")
         if ident.count("/") == 2:
             return ident
         if self.spec.project and self.spec.project.strip("/").count("/") == 1:
             return f"{self.spec.project.strip('/')}/{ident}"
-        raise SourceError(
-            f"swanlab experiment {ident!r}: give id as 'user/project/id', or set project: 'user/project'"
-        )
+        return ident
 
     def _experiment(self) -> Any:
         import swanlab
 
         cred = find_credential("swanlab")
         api = self.call(swanlab.Api, cred.value if cred else None, self.spec.host)
-        return self.call(api.run, self.cloud_path())
+        path = self.cloud_path()
+        if path.count("/") != 2:
+            path = self.call(_find_experiment, api, path)
+        return self.call(api.run, path)
 
     def fingerprint(self) -> str:
         exp = self._experiment()
