@@ -50,14 +50,18 @@ def val_loader(data: DataModule, shard: Shard) -> DataLoader:
 def to_device(batch: object, device: torch.device) -> object:
     """``batch`` on ``device``, whatever its structure: tensors inside tuples (named ones
     too), lists, dicts and dataclasses, and any object with a ``.to(device)`` method."""
+    cls = type(batch)
+    if cls is tuple or cls is list:  # the common case first: a few tensors, already placed or not
+        return cls([to_device(b, device) for b in batch])
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
+        # Already there (a CPU run's every batch): itself, without a dispatch through .to().
+        return batch if batch.device == device else batch.to(device, non_blocking=True)
     if isinstance(batch, dict):
         return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple
-        return type(batch)(*(to_device(b, device) for b in batch))
+        return cls(*(to_device(b, device) for b in batch))
     if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(b, device) for b in batch)
+        return cls(to_device(b, device) for b in batch)
     if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
         return dataclasses.replace(batch, **{f.name: to_device(getattr(batch, f.name), device)
                                              for f in dataclasses.fields(batch) if f.init})

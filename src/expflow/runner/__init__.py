@@ -113,13 +113,13 @@ class RunContext:
              parameters: Any = None, scheduler: Any = None) -> None:
         """``loss.backward()``, gradient-norm clipping to ``clip`` (of ``parameters``, default the
         optimizer's), ``optimizer.step()``, then ``scheduler.step()`` if given (a per-step schedule)."""
-        import torch
-
         loss.backward()
         if clip:
+            from torch.nn.utils import clip_grad_norm_
+
             if parameters is None:
                 parameters = [p for group in optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(parameters, float(clip))
+            clip_grad_norm_(parameters, float(clip))
         optimizer.step()
         if scheduler is not None:
             scheduler.step()

@@ -19,6 +19,8 @@ import torch
 from expflow.lifecycle import TrainState
 from expflow.runner import RunContext, Runner
 
+_FOLD = 256  # steps of (loss, batch size) kept before they are summed into the epoch's loss
+
 
 class SupervisedRunner(Runner):
     def build(self, ctx: RunContext) -> None:
@@ -45,11 +47,14 @@ class SupervisedRunner(Runner):
         self.train_dl, self.sampler = train_loader(self.data, ctx.seed, shard)
         self.val_dl = val_loader(self.data, shard)
         self._loss_sum = torch.zeros((), device=ctx.device)
+        self._pending: list[torch.Tensor] = []  # this epoch's step losses not yet in _loss_sum
+        self._weights: list[int] = []  # their batch sizes
         self._count = 0  # samples this epoch (a Python int: no tensor op per step)
 
     def train_data(self, epoch: int) -> Any:
         self.sampler.set_epoch(epoch)
         self._loss_sum.zero_()
+        self._pending, self._weights = [], []
         self._count = 0
         return self.train_dl
 
@@ -57,17 +62,31 @@ class SupervisedRunner(Runner):
         x, y = self.ctx.to_device(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.task.loss(self.model(x), y)
-        self.ctx.step(self.optimizer, loss, clip=self.grad_clip, parameters=self.model.parameters(),
+        self.ctx.step(self.optimizer, loss, clip=self.grad_clip,
+                      parameters=self.model.parameters() if self.grad_clip else None,
                       scheduler=self.scheduler if self.scheduler_per_step else None)
         loss = loss.detach()
         n = len(y)
-        self._loss_sum.add_(loss, alpha=n)
+        # The epoch's loss, sample-weighted: the step's (loss, n) kept and summed in one
+        # tensor op per _FOLD steps (an op per step costs more than the rest of this bookkeeping).
+        pending = self._pending
+        pending.append(loss)
+        self._weights.append(n)
+        if len(pending) >= _FOLD:
+            self._fold()
         self._count += n
         return {"train/loss": loss, "train/lr": self.optimizer.param_groups[0]["lr"]}
+
+    def _fold(self) -> None:
+        if self._pending:
+            weights = torch.tensor(self._weights, dtype=self._loss_sum.dtype, device=self._loss_sum.device)
+            self._loss_sum.add_(torch.stack(self._pending).to(self._loss_sum.dtype) @ weights)
+            self._pending, self._weights = [], []
 
     def end_epoch(self, state: TrainState) -> dict[str, Any]:
         if self.scheduler is not None and not self.scheduler_per_step:
             self.scheduler.step()
+        self._fold()
         count = torch.tensor(float(self._count), device=self.ctx.device)
         total = self.ctx.all_reduce(torch.stack([self._loss_sum, count]), op="sum")
         return {"train/epoch_loss": (total[0] / total[1].clamp(min=1)).item()}
