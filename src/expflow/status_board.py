@@ -1,8 +1,8 @@
-"""``expflow status``: the board of every package in a runs directory (SwanLab Task's
-``task list``): run id, status as it is now (a dead process shows CRASHED), devices,
-progress, the main metric's last value, started, finished, duration.
+"""`expflow status`: the board of every package in a runs directory (like SwanLab Task's
+`task list`): run id, status as it is now (a dead process shows CRASHED), devices, progress,
+the main metric's last value, started, finished, time spent training.
 
-:func:`collect_rows` is what the report's run table reads too.
+`Board.rows` is what the report's run table reads too.
 """
 
 from __future__ import annotations
@@ -328,7 +328,7 @@ def register(subparsers: Any) -> None:
 def run_command(args: argparse.Namespace) -> int:
     import json
 
-    from rich.console import Console
+    from expflow.summary import output_console
 
     statuses = parse_statuses(args.status)
     board = Board(args.runs)
@@ -339,9 +339,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.to_json() for r in current()], indent=2))
         return 0
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)  # piped or logged: no terminal width to fit, keep rows whole
+    console = output_console()
     title = f"runs in {args.runs}"
     if not args.watch:
         console.print(render_table(current(), title, board.skipped))

@@ -1,7 +1,8 @@
-"""What ``expflow show`` reports about one package, as data and as rich text."""
+"""What `expflow show` reports about one package, as data and as rich text."""
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ def _one_line(e: Exception) -> str:
 
 
 def package_summary(pkg: SavePackage) -> dict[str, Any]:
-    """What ``show`` reports. A damaged manifest raises (nothing can be shown without it);
+    """What `show` reports. A damaged manifest raises (nothing can be shown without it);
     a damaged checkpoint index or record file is listed under ``damaged`` and the rest is
     still reported; a damaged heartbeat is ignored (no heartbeat) and listed under ``warnings``."""
     m = pkg.manifest()
@@ -43,6 +44,7 @@ def package_summary(pkg: SavePackage) -> dict[str, Any]:
         checkpoints = [{"error": _one_line(e)}]
         damaged.append(_one_line(e))
     heartbeat, heartbeat_problem = pkg.read_heartbeat()
+    gpu_count, trainer_device = _asked_devices(pkg)
     analyses = sorted(p.name for p in pkg.analysis_dir.iterdir() if not p.name.startswith(".")) if pkg.analysis_dir.is_dir() else []
     return {
         "run_id": m.get("run_id"),
@@ -57,6 +59,8 @@ def package_summary(pkg: SavePackage) -> dict[str, Any]:
         "finished": m.get("finished") if status in (Status.COMPLETED, Status.CRASHED) else None,
         "device": m.get("device"),
         "gpus": m.get("gpus", []),
+        "gpu_count": gpu_count,
+        "trainer_device": trainer_device,
         "progress": m.get("progress"),
         "command": m.get("command"),  # a command run's program: argv, pid, cwd
         "git": m.get("git"),
@@ -79,6 +83,22 @@ def package_summary(pkg: SavePackage) -> dict[str, Any]:
     }
 
 
+def _asked_devices(pkg: SavePackage) -> tuple[int, str | None]:
+    """The GPUs the run's config asks for (gpu.count) and its trainer.device; (0, None) when
+    the config is unreadable (the manifest says the rest)."""
+    from expflow.status_board import read_config
+
+    try:
+        cfg = read_config(pkg.config_path)
+    except ExpflowError:
+        return 0, None
+    gpu, trainer = cfg.get("gpu") or {}, cfg.get("trainer") or {}
+    try:
+        return int(gpu.get("count") or 0), trainer.get("device")
+    except (TypeError, ValueError):
+        return 0, None
+
+
 def error_tail(pkg: SavePackage, lines: int = 30, log: str | None = None) -> list[str]:
     err = Path(log) if log and Path(log).is_file() else pkg.log_path(0, "err")  # a moved package: its own log
     try:
@@ -87,53 +107,72 @@ def error_tail(pkg: SavePackage, lines: int = 30, log: str | None = None) -> lis
         return []
 
 
+def output_console() -> Console:
+    """The console a command prints to: the terminal's width; piped or logged (no terminal and
+    no COLUMNS), wide enough that table rows and lines stay whole."""
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        return Console(width=200)
+    return console
+
+
 def render_summary(summary: dict[str, Any], pkg: SavePackage, console: Console) -> None:
     status = summary["status"]
     color = {"COMPLETED": "green", "CRASHED": "red", "RUNNING": "cyan"}.get(status, "yellow")
     shown_status = f"{status} (not started)" if summary.get("pending") else status
     head = Table.grid(padding=(0, 2))
-    head.add_column(style="bold")
-    head.add_column()
+    head.add_column(style="bold", no_wrap=True)
+    head.add_column(overflow="fold")
     prog = summary.get("progress") or {}
     rows = [
-        ("run", summary["run_id"]),
-        ("path", summary["path"]),
+        ("run", escape(str(summary["run_id"]))),
+        ("path", escape(summary["path"])),
         ("status", f"[{color}]{shown_status}[/]"),
         ("seed", str(summary["seed"])),
-        ("overrides", " ".join(summary["overrides"]) or "-"),
-        ("fingerprint", str(summary["fingerprint"])[:16]),
-        ("device", f"{summary.get('device')} gpus={summary.get('gpus')}"),
-        ("progress", f"epoch {prog.get('epoch')}/{prog.get('max_epochs')} step {prog.get('step')}"
-                     if prog.get("max_epochs") else f"step {prog.get('step')}"),
-        *([("command", " ".join(str(a) for a in (summary["command"].get("argv") or [])))]
+        ("overrides", escape(" ".join(summary["overrides"])) or "none (the config's defaults)"),
+        ("config fingerprint", str(summary["fingerprint"])[:16]),
+        ("device", escape(device_text(summary))),
+        ("progress", progress_words(prog)),
+        *([("command", escape(" ".join(str(a) for a in (summary["command"].get("argv") or []))))]
           if isinstance(summary.get("command"), dict) else []),
-        ("created", str(summary["created"])),
-        ("started", str(summary["started"])),
-        ("finished", str(summary["finished"])),
+        ("created", _when(summary["created"])),
+        ("started", _when(summary["started"]) if summary["started"] else "not yet"),
+        ("finished", _when(summary["finished"]) if summary["finished"] else "not yet"),
     ]
     git = summary.get("git") or {}
     if git:
-        rows.append(("git", f"{git.get('commit') or '(no commit)'}{' (dirty)' if git.get('dirty') else ''}"))
-    if summary.get("origin"):
-        rows.append(("origin", str(summary["origin"])))
+        rows.append(("git commit", f"{git.get('commit') or '(no commit)'}{' (with uncommitted changes)' if git.get('dirty') else ''}"))
+    origin = summary.get("origin")
+    if origin:
+        rows.append(("origin", escape(f"a rerun of {origin['rerun_of']} ({origin.get('path')})"
+                                      if isinstance(origin, dict) and origin.get("rerun_of") else str(origin))))
     for k, v in rows:
         head.add_row(k, v)
     console.print(head)
+    fallback = cpu_fallback_line(summary)
+    if fallback:
+        console.print(f"[yellow]{escape(fallback)}[/]")
     ck = Table(title="checkpoints", title_justify="left")
-    for col in ("step", "epoch", "tracks", "file"):
+    for col in ("step", "epoch", "kept in tracks", "file"):
         ck.add_column(col)
     for c in summary["checkpoints"]:
         if "error" in c:
             ck.add_row("!", "", escape(c["error"]), "")
         else:
             ck.add_row(str(c["step"]), str(c["epoch"]), ",".join(c["tracks"]), c["file"])
-    console.print(ck)
-    mt = Table(title="last metrics", title_justify="left")
+    if summary["checkpoints"]:
+        console.print(ck)
+    else:
+        console.print("checkpoints: none saved yet")
+    mt = Table(title="last value of each metric", title_justify="left")
     mt.add_column("metric")
     mt.add_column("value", justify="right")
     for k, v in sorted(summary["metrics_last"].items()):
         mt.add_row(k, f"{v:.6g}")
-    console.print(mt)
+    if summary["metrics_last"]:
+        console.print(mt)
+    else:
+        console.print("metrics: none recorded yet")
     problems = summary["records"]["problems"]
     if problems:
         console.print(f"[yellow]metric records: {len(problems)} invalid line(s): {escape(problems[0])}[/]")
@@ -160,22 +199,51 @@ def render_summary(summary: dict[str, Any], pkg: SavePackage, console: Console) 
             console.print("\n".join(tail), markup=False, highlight=False)
 
 
+def device_text(summary: dict[str, Any]) -> str:
+    """Where the run trained, in words: its GPUs, or the CPU."""
+    gpus = summary.get("gpus") or []
+    device = summary.get("device")
+    if gpus:
+        return f"GPU {', '.join(map(str, gpus))}" + (f" ({device})" if device else "")
+    if device is None:
+        return "not chosen yet"
+    return "the CPU" if str(device) == "cpu" else str(device)
+
+
+def cpu_fallback_line(summary: dict[str, Any]) -> str | None:
+    """One line when a run that asked for GPUs trained on the CPU (none was available)."""
+    wanted = summary.get("gpu_count") or 0
+    if wanted and str(summary.get("device")) == "cpu" and not summary.get("gpus") and summary.get("trainer_device") != "cpu":
+        return (f"ran on the CPU: it asked for {wanted} GPU(s) and none was available "
+                "(gpu.allow_cpu=true let it fall back)")
+    return None
+
+
+def progress_words(prog: dict[str, Any]) -> str:
+    if not prog:
+        return "not started"
+    step = f"step {prog.get('step')}"
+    if prog.get("max_epochs"):
+        return f"epoch {prog.get('epoch')} of {prog.get('max_epochs')}, {step}"
+    return step
+
+
 def render_history(summary: dict[str, Any], console: Console) -> None:
     """Status transitions, attempts (train/continue) and GPU leases, one line each."""
     history = summary.get("status_history") or []
     if history:
         steps = [f"{h.get('status')} {_clock(h.get('time'))}" + (f" ({h['note']})" if h.get("note") else "")
                  for h in history]
-        console.print(f"history ({_date(history[0].get('time'))}): " + " -> ".join(steps),
+        console.print(f"status history ({_date(history[0].get('time'))}): " + " -> ".join(steps),
                       markup=False, highlight=False)
     for a in summary.get("attempts") or []:
-        start = f" from step {a['from_step']}" if "from_step" in a else ""
-        console.print(f"attempt: {a.get('kind')}{start} at {_clock(a.get('time'))}", markup=False, highlight=False)
+        start = f"from the checkpoint at step {a['from_step']}" if "from_step" in a else "from the start"
+        console.print(f"attempt: {a.get('kind')} {start}, at {_clock(a.get('time'))}", markup=False, highlight=False)
     for lease in summary.get("leases") or []:
         released = lease.get("released")
-        held = f"held {released - lease['acquired']:.1f}s" if released and lease.get("acquired") else "held now"
-        gpus = f"gpus {lease['gpus']}" if lease.get("gpus") else "no GPU (cpu)"
-        console.print(f"lease: {gpus}, {held}", markup=False, highlight=False)
+        held = f"held {released - lease['acquired']:.1f} s" if released and lease.get("acquired") else "held now"
+        gpus = f"GPU {', '.join(map(str, lease['gpus']))}" if lease.get("gpus") else "no GPU (the CPU)"
+        console.print(f"device lease: {gpus}, {held}", markup=False, highlight=False)
 
 
 def render_analyses(summary: dict[str, Any], console: Console) -> None:
@@ -196,13 +264,22 @@ def render_analyses(summary: dict[str, Any], console: Console) -> None:
             console.print(f"  {name}: does not apply ({rec.get('reason')})", markup=False, highlight=False)
             continue
         ck = rec.get("checkpoint") or {}
-        at = f" at step {ck['step']}" if ck else ""
-        results = headline(summary["path"], name, rec) or "-"
-        console.print(f"  {name}{at} ({_clock(rec.get('time'))}): {results} -> {', '.join(rec.get('files', []))}",
+        on = f"the checkpoint at step {ck['step']}" if ck.get("step") is not None else "no checkpoint"
+        results = headline(summary["path"], name, rec)
+        files = rec.get("files") or []
+        console.print(f"  {name}: ran at {_clock(rec.get('time'))} on {on}; "
+                      f"results: {results or 'none (files only)'}; files: {', '.join(files) or 'none'}",
                       markup=False, highlight=False)
 
 
+def _when(value: Any) -> str:
+    t = _local(value)
+    return t.strftime("%Y-%m-%d %H:%M:%S") if t else str(value)
+
+
 def _local(value: Any) -> datetime | None:
+    if value is None:
+        return None
     try:
         return datetime.fromisoformat(str(value)).astimezone()
     except ValueError:

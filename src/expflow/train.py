@@ -1,5 +1,7 @@
-"""``python -m expflow.train [overrides]`` (``-m`` to sweep): a thin ``@hydra.main``
-over :func:`expflow.launch.train`. One save-package per run under ``paths.runs``."""
+"""`python -m expflow.train [overrides]` (`-m` to sweep): a thin `@hydra.main` over
+`expflow.launch.train`. One save-package per run under `paths.runs`. Its `--help` is the
+`hydra/help=expflow` page stored below: the config groups a user chooses, not Hydra's list of
+every group (the align specs and the structured-config schemas are internal)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,65 @@ from omegaconf import DictConfig
 
 from expflow.config import conf_dir, setup
 from expflow.errors import ExpflowError
+
+# The groups `--help` lists, with what each chooses; groups of a project's own conf/ that are
+# not here are listed without a description, the internal ones not at all.
+GROUP_HELP = {
+    "model": "the network to train",
+    "dataset": "the data and its loaders",
+    "optim": "the optimizer and learning-rate schedule",
+    "trainer": "how long and how to train (epochs, processes, threads, progress)",
+    "runner": "the training loop: supervised, a command of your own, or a character LM",
+    "checkpoint": "which checkpoints are kept",
+    "tracker": "where metrics go besides the package: SwanLab, MLflow, both, or none",
+    "gpu": "how many GPUs a run leases, or cpu",
+    "freq": "an overlay of the whole config (a sweep's values, a small run), added with +",
+}
+INTERNAL_GROUPS = {"hydra", "schema", "align"}
+
+HELP_TEMPLATE = """python -m expflow.train: train one run into its save-package (-m: a sweep, a package per run).
+
+Reads conf/config.yaml and the config groups below (from ./conf, or --config-dir) and the
+project's code. Writes <paths.runs>/<run_id>/: the resolved config, a code snapshot, metric
+records, checkpoints, logs and the manifest (status, attempts). Prints the package and its status.
+
+== Config groups: choose an option with group=option ==
+${expflow_help_groups:}
+
+Examples:
+  python -m expflow.train                                        # one run, the defaults
+  python -m expflow.train model=cnn optim.lr=3e-3 seed=1         # choose options, set values
+  python -m expflow.train -m optim.lr=1e-3,3e-3 'seed=range(3)'  # a sweep: one package per run
+  python -m expflow.train +freq=smoke                            # a small CPU run
+  python -m expflow.train --cfg job                              # print the composed config only
+
+Hydra's own flags: --hydra-help.
+
+== Config: override any key with key=value ==
+$CONFIG"""
+
+
+def help_groups() -> str:
+    """The user-facing config groups and their options, one line each (for --help)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+    groups = [g for g in sorted(loader.list_groups("")) if g not in INTERNAL_GROUPS]
+    lines = []
+    for group in groups:
+        plus = "+" if group == "freq" else ""  # an overlay, not in the defaults list
+        lines.append(f"  {plus}{group}={'|'.join(loader.get_group_options(group))}")
+        if group in GROUP_HELP:
+            lines.append(f"      {GROUP_HELP[group]}")
+    return "\n".join(lines)
+
+
+def register_help() -> None:
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("expflow_help_groups", help_groups, replace=True)
+    ConfigStore.instance().store(group="hydra/help", name="expflow", node={"template": HELP_TEMPLATE})
 
 
 def _fail(error: ExpflowError) -> None:
@@ -29,6 +90,7 @@ def _config_path() -> str:
 
 
 setup()
+register_help()
 
 
 @hydra.main(version_base="1.3", config_path=_config_path(), config_name="config")
@@ -49,6 +111,8 @@ def cli() -> None:
     from expflow.config.argv import check_argv
     from expflow.paths import check_run_paths
 
+    if {"-h", "--help"} & set(sys.argv[1:]) and not any(a.startswith("hydra/help=") for a in sys.argv[1:]):
+        sys.argv.append("hydra/help=expflow")
     try:
         args = check_argv(sys.argv[1:])
         if not args.info_only:  # before Hydra creates the run's directory under paths.runs
