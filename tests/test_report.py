@@ -176,3 +176,20 @@ def test_a_damaged_analysis_record_is_named_not_a_traceback(tmp_path, damage):
     assert page is not None
     html = (tmp_path / "report.html").read_text()
     assert "unreadable" in html and "bad/analysis.json" in html and "acc=0.5" in html
+
+
+def test_the_page_is_rendered_from_templates_with_every_value_escaped(tmp_path):
+    from expflow.package import Status
+
+    from .test_status import mark
+
+    runs = tmp_path / "runs"
+    pkg = fake_package(runs, "a1", points=curve(0.5))
+    mark(pkg, Status.CRASHED, error={"type": "ValueError", "message": "bad <b>value</b> & more"})
+    out = tmp_path / "report.html"
+    build_report(runs, out, title="<script>alert(1)</script> & co")
+    html = out.read_text()
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in html
+    assert "<b>value</b>" not in html and "bad &lt;b&gt;value&lt;/b&gt; &amp; more" in html
+    assert html.count("<script>") == 1 and "data-ready" in html  # only the page's own script
+    assert html.count('<polyline class="curve"') == 3  # the charts are markup, not escaped text

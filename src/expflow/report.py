@@ -1,9 +1,10 @@
-"""``expflow report [--runs DIR] --out report.html``: one self-contained HTML page about a
+"""`expflow report [--runs DIR] --out report.html`: one self-contained HTML page about a
 runs directory: the run table, every metric's learning curves with all runs overlaid, the
 sweep's final metric against each swept parameter, and links to each package's analyses.
 
-Self-contained: the charts are inline SVG, the style and the little script (highlight a run
-across charts, sort the table) are inline too; the page loads nothing from anywhere.
+The page is rendered from templates/report.html.j2 (Jinja2, autoescaped); the charts are
+inline SVG (svgchart), the style and the little script (highlight a run across charts, sort
+the table) are inlined from templates/ too: the page loads nothing from anywhere.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
-from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -113,139 +113,128 @@ def build_report(runs_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
 
 def render_page(runs: list[RunData], skipped: list[str], *, main: str | None, metrics: list[str],
                 swept: list[str], out_dir: Path, runs_dir: str, title: str) -> str:
+    """The page, from templates/report.html.j2 (autoescaped: only the charts are markup)."""
     from expflow.status_board import STATUS_ORDER
 
     counts = Counter(r.row.status for r in runs)
-    summary = " · ".join(f'<span class="st {s}">{counts[s]} {s}</span>' for s in STATUS_ORDER if counts[s])
-    generated = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
-    sections = [
-        _section("runs", f"Runs ({len(runs)})", _legend(runs) + _run_table(runs, main, swept, out_dir)),
-        _section("curves", "Learning curves", _curves(runs, metrics)),
-        _section("sweep", f"Final {escape(main or 'metric')} against each swept parameter", _sweep(runs, main, swept)),
-        _section("analyses", "Analyses", _analyses(runs, out_dir)),
-    ]
-    if skipped:
-        sections.append(_section("skipped", "Unreadable directories",
-                                 "<ul>" + "".join(f"<li>{escape(s)}</li>" for s in skipped) + "</ul>"))
-    nav = " ".join(f'<a href="#{k}">{k}</a>' for k in ("runs", "curves", "sweep", "analyses"))
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{escape(title)}</title>
-<style>{STYLE}</style>
-</head>
-<body>
-<header><h1>{escape(title)}</h1>
-<p class="meta">{len(runs)} runs in <code>{escape(runs_dir)}</code> · {summary or "no runs"} · generated {generated}</p>
-<nav>{nav}</nav></header>
-<main>
-{"".join(sections)}
-</main>
-<script>{SCRIPT}</script>
-</body>
-</html>
-"""
+    return template().render(
+        title=title,
+        runs_dir=runs_dir,
+        counts=[(s, counts[s]) for s in STATUS_ORDER if counts[s]],
+        generated=datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"),
+        runs=[table_row(r, main, swept, out_dir) for r in runs],
+        table=run_table_heads(runs, main, swept),
+        curves=curve_charts(runs, metrics),
+        main=main,
+        sweep=sweep_charts(runs, main, swept),
+        analyses=analysis_entries(runs, out_dir),
+        skipped=skipped,
+    )
 
 
-def _section(key: str, heading: str, body: str) -> str:
-    return f'<section id="{key}"><h2>{heading}</h2>\n{body}\n</section>\n'
+def template() -> Any:
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    env = Environment(loader=PackageLoader("expflow", "templates"), autoescape=True, undefined=StrictUndefined,
+                      keep_trailing_newline=True)
+    return env.get_template("report.html.j2")
 
 
-def _legend(runs: list[RunData]) -> str:
-    chips = "".join(f'<span class="chip" data-run="{escape(r.row.run_id)}"><i style="background:{r.color}"></i>'
-                    f"{escape(r.row.run_id)}</span>" for r in runs)
-    return f'<div class="legend">{chips}</div>'
+def run_table_heads(runs: list[RunData], main: str | None, swept: list[str]) -> dict[str, Any]:
+    notes = any(r.row.note for r in runs)
+    names = ["run", "status", "devices", "progress", main or "metric", *swept, "started", "finished",
+             "duration", "analyses", *(["note"] if notes else [])]
+    return {"heads": [{"name": n, "pinned": i < 2} for i, n in enumerate(names)], "notes": notes}
 
 
-def _run_table(runs: list[RunData], main: str | None, swept: list[str], out_dir: Path) -> str:
+def table_row(r: RunData, main: str | None, swept: list[str], out_dir: Path) -> dict[str, Any]:
+    """One run's cells in the run table: text, and the value each column sorts by."""
     from expflow.status_board import duration_text, local_time, progress_text
 
-    notes = any(r.row.note for r in runs)
-    heads = ["run", "status", "devices", "progress", main or "metric", *swept, "started", "finished",
-             "duration", "analyses", *(["note"] if notes else [])]
-    head = "".join(f"<th>{escape(h)}</th>" for h in heads)
-    body = []
-    for r in runs:
-        row = r.row
-        value = "" if row.value is None else f"{row.value:.4g}"
-        cells = [
-            f'<td><i class="dot" style="background:{r.color}"></i>{escape(row.run_id)}</td>',
-            f'<td><span class="st {row.status}">{row.status}</span></td>',
-            f"<td>{escape(row.devices)}</td>",
-            f'<td data-sort="{row.step}">{escape(progress_text(row))}</td>',
-            f'<td class="num" data-sort="{row.value if row.value is not None else ""}">{value}</td>',
-            *(f"<td>{escape(str(parameter(r, k)))}</td>" for k in swept),
-            f'<td data-sort="{row.started or ""}">{local_time(row.started)}</td>',
-            f'<td data-sort="{row.finished or ""}">{("~" if row.finished_estimated else "") + local_time(row.finished)}</td>',
-            f'<td class="num" data-sort="{row.duration_s or ""}">{duration_text(row.duration_s)}</td>',
-            '<td class="links">' + " ".join(f'<a href="{escape(_href(out_dir, Path(row.path) / "analysis" / name))}">{escape(name)}</a>'
-                              for name in r.analyses) + "</td>",
-            *([f'<td class="note">{escape(row.note)}</td>'] if notes else []),
-        ]
-        body.append(f'<tr data-run="{escape(row.run_id)}">{"".join(cells)}</tr>')
-    return (f'<div class="scroll"><table id="run-table"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table></div>')
+    row = r.row
+    return {
+        "run_id": row.run_id,
+        "color": r.color,
+        "rerun_of": None,
+        "status": row.status,
+        "devices": row.devices,
+        "cpu_fallback": None,
+        "step": row.step,
+        "progress": progress_text(row),
+        "value": "" if row.value is None else f"{row.value:.4g}",
+        "value_sort": "" if row.value is None else row.value,
+        "params": [str(parameter(r, k)) for k in swept],
+        "started": local_time(row.started),
+        "started_sort": row.started or "",
+        "finished": ("~" if row.finished_estimated else "") + local_time(row.finished),
+        "finished_sort": row.finished or "",
+        "duration": duration_text(row.duration_s),
+        "duration_sort": row.duration_s or "",
+        "duration_title": None,
+        "analysis_links": [{"name": name, "href": _href(out_dir, Path(row.path) / "analysis" / name)}
+                           for name in r.analyses],
+        "note": row.note,
+    }
 
 
-def _curves(runs: list[RunData], metrics: list[str]) -> str:
+def curve_charts(runs: list[RunData], metrics: list[str]) -> list[dict[str, Any]]:
+    from markupsafe import Markup
+
     from expflow.svgchart import Series, line_chart
 
-    if not metrics:
-        return '<p class="empty">No metric records yet.</p>'
     charts = []
     for name in metrics:
         series = [Series(r.row.run_id, r.series[name], r.color) for r in runs if r.series.get(name)]
-        charts.append(f'<figure data-metric="{escape(name)}">'
-                      f'{line_chart(series, title=name, metric=name)}</figure>')
-    return f'<div class="grid">{"".join(charts)}</div>'
+        charts.append({"metric": name, "svg": Markup(line_chart(series, title=name, metric=name))})
+    return charts
 
 
-def _sweep(runs: list[RunData], main: str | None, swept: list[str]) -> str:
+def sweep_charts(runs: list[RunData], main: str | None, swept: list[str]) -> dict[str, Any]:
+    from markupsafe import Markup
+
     from expflow.svgchart import scatter_chart
 
     if main is None:
-        return '<p class="empty">No metric to compare yet.</p>'
+        return {"empty": "No metric to compare yet."}
     if not swept:
-        return '<p class="empty">No swept parameter: every run has the same overrides.</p>'
+        return {"empty": "No swept parameter: every run has the same overrides."}
     charts = []
     for key in swept:
         points = [(parameter(r, key), r.row.last_metrics[main], r.row.run_id, r.color)
                   for r in runs if main in r.row.last_metrics]
-        charts.append(f'<figure data-param="{escape(key)}">'
-                      f'{scatter_chart(points, title=f"final {main} vs {key}", xlabel=key, ylabel=main)}</figure>')
-    return f'<div class="grid">{"".join(charts)}</div>'
+        svg = scatter_chart(points, title=f"final {main} vs {key}", xlabel=key, ylabel=main)
+        charts.append({"param": key, "svg": Markup(svg)})
+    return {"empty": None, "charts": charts}
 
 
-def _analyses(runs: list[RunData], out_dir: Path) -> str:
+def analysis_entries(runs: list[RunData], out_dir: Path) -> list[dict[str, Any]]:
+    """Per run with analyses: one entry per analysis (unreadable, not applicable, or its
+    checkpoint, headline results and files)."""
     from expflow.analysis import headline
 
-    items = []
+    groups = []
     for r in runs:
         if not r.analyses:
             continue
         entries = []
         for name, rec in r.analyses.items():
             if rec.get("error"):
-                entries.append(f"<li><b>{escape(name)}</b>: unreadable ({escape(str(rec['error']))})</li>")
+                entries.append({"name": name, "error": str(rec["error"])})
                 continue
             if not rec.get("applicable", True):
-                entries.append(f"<li><b>{escape(name)}</b>: does not apply ({escape(str(rec.get('reason')))})</li>")
+                entries.append({"name": name, "error": None, "not_applicable": True, "reason": str(rec.get("reason"))})
                 continue
             folder = Path(r.row.path) / "analysis" / name
-            files = " ".join(f'<a href="{escape(_href(out_dir, folder / f))}">{escape(f)}</a>'
-                             for f in rec.get("files", []))
             ck = rec.get("checkpoint") or {}
-            at = f" at step {ck['step']}" if ck else ""
-            entries.append(f'<li><a href="{escape(_href(out_dir, folder))}"><b>{escape(name)}</b></a>{at}: '
-                           f"{escape(headline(r.row.path, name, rec))} <span class=files>{files}</span></li>")
-        items.append(f'<div class="run-analyses" data-run="{escape(r.row.run_id)}" id="analyses-{escape(r.row.run_id)}">'
-                     f'<h3><i class="dot" style="background:{r.color}"></i>{escape(r.row.run_id)}</h3>'
-                     f'<ul>{"".join(entries)}</ul></div>')
-    if not items:
-        return '<p class="empty">No analyses yet (<code>expflow analyze &lt;package&gt; &lt;script&gt;</code>).</p>'
-    return "".join(items)
+            entries.append({
+                "name": name, "error": None, "not_applicable": False,
+                "href": _href(out_dir, folder),
+                "step": ck.get("step") if ck else None,
+                "headline": headline(r.row.path, name, rec),
+                "files": [{"name": f, "href": _href(out_dir, folder / f)} for f in rec.get("files", [])],
+            })
+        groups.append({"run_id": r.row.run_id, "color": r.color, "entries": entries})
+    return groups
 
 
 def _href(out_dir: Path, target: Path) -> str:
@@ -255,73 +244,9 @@ def _href(out_dir: Path, target: Path) -> str:
     return quote(os.path.relpath(target.resolve(), out_dir))
 
 
-STYLE = """
-:root{--fg:#1d2433;--muted:#667085;--line:#e4e7ec;--bg:#fff;--head:#f6f8fb}
-*{box-sizing:border-box}
-body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);background:var(--bg)}
-header{padding:18px 28px 10px;border-bottom:1px solid var(--line);background:var(--head)}
-h1{font-size:20px;margin:0 0 4px}h2{font-size:17px;margin:26px 0 10px}h3{font-size:14px;margin:12px 0 4px}
-.meta{color:var(--muted);margin:0 0 6px}nav a{margin-right:14px;color:#175cd3;text-decoration:none}
-main{padding:0 28px 40px}
-table{border-collapse:collapse;width:100%;font-size:13px}
-th,td{padding:5px 8px;border-bottom:1px solid var(--line);text-align:left;white-space:nowrap}
-th{background:var(--head);cursor:pointer;user-select:none;position:sticky;top:0}
-.scroll{overflow-x:auto}td.links{white-space:normal;min-width:12em}
-td.num{text-align:right;font-variant-numeric:tabular-nums}td.note{white-space:normal;color:var(--muted);max-width:28em}
-tr.hl td{background:#fff6d6}
-.st{font-weight:600;font-size:12px;padding:1px 6px;border-radius:9px;background:#eef}
-.st.COMPLETED{background:#dcfae6;color:#067647}.st.CRASHED{background:#fee4e2;color:#b42318}
-.st.RUNNING{background:#d1e9ff;color:#175cd3}.st.PREPARING{background:#e0eaff;color:#3538cd}
-.st.QUEUED{background:#fef0c7;color:#b54708}
-.dot,.chip i{display:inline-block;width:10px;height:10px;border-radius:50%;margin-right:6px;vertical-align:-1px}
-.legend{display:flex;flex-wrap:wrap;gap:6px 14px;margin:0 0 10px}
-.chip{cursor:default;font-family:ui-monospace,monospace;font-size:12px}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(440px,1fr));gap:14px}
-figure{margin:0;border:1px solid var(--line);border-radius:6px;padding:6px}
-svg.chart{width:100%;max-width:680px;height:auto;display:block;margin:auto;font:11px system-ui,sans-serif}
-svg .title{font-weight:600;font-size:13px}svg .tick{fill:var(--muted)}svg .label{fill:var(--fg)}
-svg .gridline{stroke:#eef0f3}svg .frame{fill:none;stroke:#c9ced6}
-svg .curve{fill:none;stroke-width:1.8;stroke-linejoin:round;stroke-linecap:round;opacity:.9}
-svg .curve.single{stroke-width:8}
-svg .point{stroke:#fff;stroke-width:1.5}
-.focus .curve,.focus .point{opacity:.12}.focus .curve.hl,.focus .point.hl{opacity:1;stroke-width:3}
-.empty{color:var(--muted)}.files a{margin-right:8px;font-size:12px}
-code{font-family:ui-monospace,monospace;font-size:12px}
-"""
-
-# Hover a run anywhere (legend, table row, curve, point): it stands out in every chart.
-# Click a column head: sort the table. `data-ready` tells a headless check the script ran.
-SCRIPT = """
-(function(){
-  var marks=document.querySelectorAll('[data-run]');
-  function focus(run){
-    document.body.classList.toggle('focus',!!run);
-    marks.forEach(function(el){el.classList.toggle('hl',!!run&&el.getAttribute('data-run')===run);});
-  }
-  marks.forEach(function(el){
-    el.addEventListener('mouseenter',function(){focus(el.getAttribute('data-run'));});
-    el.addEventListener('mouseleave',function(){focus(null);});
-  });
-  var table=document.getElementById('run-table');
-  if(table){table.querySelectorAll('th').forEach(function(th,i){
-    th.addEventListener('click',function(){
-      var body=table.tBodies[0],rows=Array.prototype.slice.call(body.rows);
-      var dir=th.getAttribute('data-dir')==='asc'?-1:1;th.setAttribute('data-dir',dir>0?'asc':'desc');
-      function val(r){var c=r.cells[i],s=c.getAttribute('data-sort');var v=s!==null?s:c.textContent;
-        var n=parseFloat(v);return isNaN(n)||!/^[-+0-9.eE]+$/.test(v)?v:n;}
-      rows.sort(function(a,b){var x=val(a),y=val(b);return (x>y?1:x<y?-1:0)*dir;});
-      rows.forEach(function(r){body.appendChild(r);});
-    });
-  });}
-  document.documentElement.setAttribute('data-ready','1');
-})();
-"""
-
-
 # -- the command ----------------------------------------------------------------------------
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("report", help="one self-contained HTML page about a runs directory",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser("report", help="one self-contained HTML page about a runs directory")
     p.add_argument("--runs", default="runs", metavar="DIR", help="the runs directory (default: runs)")
     p.add_argument("--out", default=None, metavar="FILE", help="the page to write (default: <runs>/report.html)")
     p.add_argument("--title", default=None, help="the page's title")
