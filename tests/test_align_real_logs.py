@@ -274,3 +274,89 @@ def test_images_mixed_with_scalars_give_only_the_scalars(tmp_path):
     result = align(tmp_path, ["loss"], {"w": {"source": {"kind": "wandb-offline", "path": str(root)}}})
     assert series(result, "w", "loss") == {s: 1.0 / (s + 1) for s in range(3)}
     assert summary_error(result) is None
+
+
+# -- 7. presets: the names the pipelines really log -------------------------------------------
+ROLL_RLVR_NAMES = ["critic/score/mean", "critic/rewards/mean", "critic/entropy/mean", "val_correct/all/mean",
+                   "actor/pg_loss", "actor/kl_loss", "actor/approxkl", "actor/policykl", "actor/clipfrac",
+                   "actor_train/grad_norm", "token/response_length/mean", "system/tps_gpu", "time/step_total"]
+
+
+@pytest.mark.parametrize("preset", ["roll", "roll-rlvr"])
+def test_roll_preset_on_an_rlvr_run_finds_every_metric_it_logs(tmp_path, preset):
+    from expflow.align.presets import PRESETS
+
+    from .align_fixtures import write_tensorboard
+
+    tb = write_tensorboard(tmp_path / "tb", {n: [(s, float(i) + 0.25 * s) for s in range(4)]
+                                             for i, n in enumerate(ROLL_RLVR_NAMES)})
+    aligned = sorted({PRESETS[preset][n] for n in ROLL_RLVR_NAMES})
+    assert len(aligned) == 13
+    result = align(tmp_path, aligned, {"roll": {"source": {"kind": "tensorboard", "path": str(tb)},
+                                                "mapping": f"preset:{preset}"}})
+    assert result.checks[0].missing == [] and result.checks[0].status == "ok"
+    for i, n in enumerate(ROLL_RLVR_NAMES):
+        assert series(result, "roll", PRESETS[preset][n]) == {s: float(i) + 0.25 * s for s in range(4)}
+
+
+def test_verl_eval_reward_is_found_by_pattern_whatever_the_data_source(tmp_path):
+    from .align_fixtures import write_tensorboard
+
+    tb = write_tensorboard(tmp_path / "tb", {
+        "critic/score/mean": [(s, 0.5 * s) for s in range(1, 4)],
+        "val-core/openai/gsm8k/reward/mean@4": [(s, 1.0 + s) for s in (0, 3)],  # data source with a slash: no match
+        "val-core/math/reward/mean@4": [(s, 2.0 + s) for s in (0, 3)],
+        "val-core/gsm8k/reward/mean@4": [(s, 3.0 + s) for s in (0, 3)],
+        "val-aux/gsm8k/reward/std@4": [(s, 9.0) for s in (0, 3)],
+    })
+    result = align(tmp_path, ["algorithm/reward", "algorithm/eval_reward"],
+                   {"verl": {"source": {"kind": "tensorboard", "path": str(tb)}, "mapping": "preset:verl", "fill": "none"}})
+    assert series(result, "verl", "algorithm/eval_reward") == {0: 3.0, 3: 6.0}  # gsm8k sorts first
+    assert result.checks[0].notes == ["algorithm/eval_reward: from val-core/gsm8k/reward/mean@4 "
+                                      "(also matched: val-core/math/reward/mean@4)"]
+
+
+# -- 8. SLIME's rollout axis ---------------------------------------------------------------------
+def write_slime_run(root: Path, *, always_train_step: bool) -> Path:
+    """SLIME with 2 train steps per rollout (rollout_batch_size 4 x n_samples 2 / global batch 4):
+    train/step = rollout_id * 2 + step_id; rollout/step and eval/step = rollout_id (or the train
+    step with --wandb-always-use-train-step)."""
+    config = {"rollout_batch_size": 4, "n_samples_per_prompt": 2, "global_batch_size": 4,
+              "wandb_always_use_train_step": always_train_step}
+
+    def log(run):
+        for key, pattern in (("train/step", "train/*"), ("rollout/step", "rollout/*"), ("eval/step", "eval/*")):
+            run.define_metric(key)
+            run.define_metric(pattern, step_metric=key)
+        for rid in range(5):
+            rstep = rid * 2 if always_train_step else rid
+            run.log({"rollout/step": rstep, "rollout/raw_reward": 10.0 + rid})
+            if rid % 2 == 0:
+                run.log({"eval/step": rstep, "eval/gsm8k": 0.1 * rid, "eval/gsm8k-truncated_ratio": 0.5})
+            for sid in range(2):
+                run.log({"train/step": rid * 2 + sid, "train/pg_loss": -1.0 * (rid * 2 + sid)})
+
+    wandb_run(root, log, config=config)
+    return root
+
+
+@pytest.mark.parametrize("always_train_step", [False, True])
+def test_slime_rollout_metrics_land_on_the_train_step_their_rollout_starts(tmp_path, always_train_step):
+    root = write_slime_run(tmp_path / "w", always_train_step=always_train_step)
+    result = align(tmp_path, ["algorithm/reward", "algorithm/policy_loss", "algorithm/eval_reward"],
+                   {"slime": {"source": {"kind": "wandb-offline", "path": str(root)}, "mapping": "preset:slime"}})
+    assert series(result, "slime", "algorithm/policy_loss") == {s: -1.0 * s for s in range(10)}
+    # rollout r at train step 2r; 2r - 1 back-filled from it; nothing after rollout 4 (step 8)
+    assert series(result, "slime", "algorithm/reward") == {s: 10.0 + (s + 1) // 2 for s in range(9)}
+    assert series(result, "slime", "algorithm/eval_reward") == {s: 0.1 * (2 * ((s + 3) // 4)) for s in range(9)}
+    notes = result.checks[0].notes
+    assert notes == ([] if always_train_step else
+                     ["rollout/step, eval/step × 2 (train steps per rollout, from the run's config)"])
+
+
+def test_slime_steps_per_rollout_from_the_spec(tmp_path):
+    root = write_slime_run(tmp_path / "w", always_train_step=False)
+    result = align(tmp_path, ["algorithm/reward"],
+                   {"slime": {"source": {"kind": "wandb-offline", "path": str(root)}, "mapping": "preset:slime",
+                              "steps_per_rollout": 1, "fill": "none"}})
+    assert series(result, "slime", "algorithm/reward") == {r: 10.0 + r for r in range(5)}  # as logged

@@ -63,8 +63,20 @@ def test_presets_name_the_frameworks_real_metrics():
     assert PRESETS["verl"]["critic/score/mean"] == "algorithm/reward"
     assert PRESETS["verl"]["perf/throughput"] == "infra/throughput"
     assert PRESETS["roll"]["actor_train/grad_norm"] == "algorithm/grad_norm"
-    for preset in PRESETS.values():  # one framework name per aligned name
-        assert len(set(preset.values())) == len(preset)
+    # issue 12: every preset covers reward, eval reward, policy loss, entropy (but ROLL's
+    # agentic pipeline), KL, grad norm, response length, truncation (not ROLL: a count),
+    # throughput (derived for SLIME and ROLL agentic) and step time
+    wanted = {"algorithm/reward", "algorithm/eval_reward", "algorithm/policy_loss", "algorithm/entropy",
+              "algorithm/kl_loss", "algorithm/grad_norm", "rollout/response_length", "rollout/truncated_ratio",
+              "infra/throughput", "infra/step_time"}
+    gaps = {"verl": set(), "slime": {"infra/throughput"}, "roll-rlvr": {"rollout/truncated_ratio"},
+            "roll-agentic": {"rollout/truncated_ratio", "algorithm/entropy", "infra/throughput"},
+            "roll": {"rollout/truncated_ratio"}}
+    for name, preset in PRESETS.items():
+        assert wanted - set(preset.values()) == gaps[name], name
+    assert PRESETS["roll-rlvr"]["token/response_length/mean"] == "rollout/response_length"
+    assert PRESETS["roll-agentic"]["tokens/response_length/mean"] == "rollout/response_length"
+    assert PRESETS["roll-rlvr"]["system/tps_gpu"] == "infra/throughput" and "system/tps" not in PRESETS["roll"]
 
 
 def test_preset_with_overrides_key_by_key(tmp_path):
@@ -116,7 +128,7 @@ def test_disabled_frameworks_are_skipped_and_overrides_apply(tmp_path):
         ("source: {kind: csv, path: x}\nderived: {infra/throughput: {formula: slime_throughput, n_gpus: 0}}\n", "", ["n_gpus", ">= 1"]),
         ("source: {kind: csv, path: x}\nderived: {perf/tp: {formula: per_gpu, column: c, n_gpus: 2}}\n", "", ["derived.perf/tp", "aligned_metrics"]),
         ("source: {kind: csv, path: x}\nmapping: {a: algorithm/reward, b: algorithm/reward}\n", "", ["'a', 'b'", "algorithm/reward"]),
-        ("source: {kind: csv, path: x}\nmapping: preset:nope\n", "", ["unknown preset 'nope'", "roll, slime, verl"]),
+        ("source: {kind: csv, path: x}\nmapping: preset:nope\n", "", ["unknown preset 'nope'", "roll, roll-agentic, roll-rlvr, slime, verl"]),
         ("source: {kind: csv, path: x}\nmapping: verl\n", "", ["mapping", "preset:<name>"]),
         ("source: {kind: csv, path: x}\nfill: ffill\n", "", ["fill", "bfill, none"]),
         ("source: {kind: csv, path: x}\n", "target: {mode: online}\n", ["target.mode", "offline, cloud, local, disabled"]),

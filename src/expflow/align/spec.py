@@ -31,7 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from expflow.align.credentials import SECRETS_FILES
 from expflow.align.derived import FORMULAS
-from expflow.align.presets import PRESET_KEY, resolve_preset
+from expflow.align.presets import PATTERN_PREFIX, PRESET_KEY, resolve_preset
 from expflow.errors import AlignError
 
 TARGET_MODES = ("offline", "cloud", "local", "disabled")
@@ -74,7 +74,10 @@ class FrameworkSpec:
     # SwanLab x axes) and the seed's defaults (train/*, rollout/*, eval/*)
     step_groups: dict[str, list[str]] = field(default_factory=dict)
     train_step: str = "train/step"  # the group the others are merged on
-    fill: str = "bfill"  # bfill: missing steps back-filled as seed 002 does; none: logged steps only
+    fill: str = "bfill"  # bfill: missing steps back-filled (inside each series); none: logged steps only
+    # SLIME: train steps per rollout; rollout/step and eval/step (the rollout id) x this = the
+    # train step. null: from the run's config when it has one (W&B), else as logged
+    steps_per_rollout: int | None = None
 
 
 @dataclass
@@ -104,6 +107,7 @@ class FrameworkPlan:
     step_groups: dict[str, tuple[str, ...]]
     train_step: str
     fill: str
+    steps_per_rollout: int | None = None
 
     def wanted(self) -> set[str]:
         """The framework's metrics the alignment needs: mapped ones and derived inputs."""
@@ -246,9 +250,11 @@ def _resolve(path: Path, spec: AlignSpec) -> Plan:
         problem = kind.check_spec(fw.source)
         if problem:
             _raise(path, f"{key}.source{problem}")
+        if fw.steps_per_rollout is not None and fw.steps_per_rollout < 1:
+            _raise(path, f"{key}.steps_per_rollout: {fw.steps_per_rollout} is out of range; valid: an integer >= 1, or null")
         if fw.fill not in FILL_MODES:
             _raise(path, f"{key}.fill: {fw.fill!r} is not valid; valid: {', '.join(FILL_MODES)}")
-        mapping = _mapping(path, key, fw.mapping, aligned)
+        mapping, explicit = _mapping(path, key, fw.mapping, aligned)
         for dname, d in fw.derived.items():
             formula = FORMULAS.get(d.formula)
             if formula is None:
@@ -259,7 +265,9 @@ def _resolve(path: Path, spec: AlignSpec) -> Plan:
             produces = mapping.get(dname, dname)
             if produces not in aligned:
                 _raise(path, f"{key}.derived.{dname}: neither in aligned_metrics nor mapped to one")
-            others = sorted(r for r, t in mapping.items() if t == produces and r not in (dname, produces))
+            others = sorted(r for r, t in mapping.items() if t == produces and r not in (dname, produces) and r in explicit)
+            for r in [r for r, t in mapping.items() if t == produces and r not in (dname, produces) and r not in explicit]:
+                del mapping[r]  # a preset's entry for what the spec derives: the derived one is used
             if others:
                 _raise(path, f"{key}.derived.{dname}: {produces!r} also comes from mapping entry {others[0]!r}; drop one (null)")
             if produces != dname and mapping.get(produces) == produces:
@@ -274,6 +282,7 @@ def _resolve(path: Path, spec: AlignSpec) -> Plan:
                 step_groups={k: tuple(v) for k, v in fw.step_groups.items()},
                 train_step=fw.train_step,
                 fill=fw.fill,
+                steps_per_rollout=fw.steps_per_rollout,
             )
         )
     if not plans:
@@ -281,9 +290,12 @@ def _resolve(path: Path, spec: AlignSpec) -> Plan:
     return Plan(path, tuple(aligned), tuple(plans), tuple(disabled), target, spec.cache_dir)
 
 
-def _mapping(path: Path, key: str, value: Any, aligned: list[str]) -> dict[str, str]:
+def _mapping(path: Path, key: str, value: Any, aligned: list[str]) -> tuple[dict[str, str], set[str]]:
     """framework name -> aligned name: the preset (if any), the user's entries over it key by
-    key (null drops a preset entry), then identity for names that already match."""
+    key (null drops a preset entry), then identity for names that already match; and the
+    names the spec itself gave. A name ``re:<regex>`` matches the run's names at alignment
+    (see ``aligned.resolve_mapping``); several entries for one aligned name from a preset are
+    alternatives."""
     user: dict[str, Any] = {}
     preset_name: str | None = None
     if value is None:
@@ -315,6 +327,11 @@ def _mapping(path: Path, key: str, value: Any, aligned: list[str]) -> dict[str, 
             _raise(path, f"{key}.mapping[{raw!r}]: expected an aligned metric name, got {tgt!r}")
         if tgt not in aligned:
             _raise(path, f"{key}.mapping[{raw!r}]: {tgt!r} is not in aligned_metrics ({', '.join(aligned)})")
+        if str(raw).startswith(PATTERN_PREFIX):
+            try:
+                re.compile(str(raw)[len(PATTERN_PREFIX):])
+            except re.error as e:
+                _raise(path, f"{key}.mapping[{raw!r}]: not a valid regular expression ({e})")
     explicit = {raw: tgt for raw, tgt in user.items() if tgt is not None}
     targets = list(explicit.values())
     twice = sorted({t for t in targets if targets.count(t) > 1})
@@ -328,7 +345,7 @@ def _mapping(path: Path, key: str, value: Any, aligned: list[str]) -> dict[str, 
     for name in aligned:
         if name not in taken and name not in merged:
             merged[name] = name
-    return merged
+    return merged, set(explicit)
 
 
 def _is_secrets_file(path: Path) -> bool:
