@@ -55,7 +55,7 @@ def resolve_mapping(mapping: dict[str, str], names: list[str], notes: list[str])
 def align_framework(raw: RawRun, plan: FrameworkPlan) -> Aligned:
     names = raw.metrics
     notes: list[str] = []
-    plan = dataclasses.replace(plan, mapping=resolve_mapping(plan.mapping, names, notes))
+    plan = dataclasses.replace(plan, mapping=resolve_mapping(plan.mapping, [*names, *plan.derived], notes))
     groups = assign_groups(names, configured=plan.step_groups, declared=raw.step_keys)
     scale, why = rollout_scale(plan, raw, groups)
     if why:

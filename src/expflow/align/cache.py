@@ -28,18 +28,20 @@ class SourceCache:
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
 
-    def entry(self, label: str, identity: str) -> Path:
+    def entry(self, label: str, identity: str, file: str | Path | None = None) -> Path:
+        if file is not None:  # the spec's cache_file (seed 002's output_file)
+            return Path(file)
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
         digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
         return self.directory / f"{safe}-{digest}.parquet"
 
-    def load(self, label: str, identity: str, fingerprint: str) -> RawRun | None:
-        path = self.entry(label, identity)
+    def load(self, label: str, identity: str, fingerprint: str, file: str | Path | None = None) -> RawRun | None:
+        path = self.entry(label, identity, file)
         try:
             meta = _meta(pq.read_schema(path).metadata or {})
         except (OSError, pa.ArrowInvalid, ValueError):
             return None  # absent or unreadable: a miss
-        if meta.get("format") != FORMAT or meta.get("fingerprint") != fingerprint:
+        if meta.get("format") != FORMAT or meta.get("fingerprint") != fingerprint or meta.get("identity", identity) != identity:
             return None
         try:
             table = pq.read_table(path)
@@ -47,13 +49,13 @@ class SourceCache:
             return None
         return RawRun(table.to_pandas(), dict(meta.get("step_keys", {})), dict(meta.get("info", {})))
 
-    def store(self, label: str, identity: str, fingerprint: str, raw: RawRun) -> Path:
-        path = self.entry(label, identity)
+    def store(self, label: str, identity: str, fingerprint: str, raw: RawRun, file: str | Path | None = None) -> Path:
+        path = self.entry(label, identity, file)
         table = pa.Table.from_pandas(raw.points, preserve_index=False)
-        meta = {"format": FORMAT, "fingerprint": fingerprint, "step_keys": raw.step_keys, "info": raw.info}
+        meta = {"format": FORMAT, "fingerprint": fingerprint, "identity": identity, "step_keys": raw.step_keys, "info": raw.info}
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(meta, default=str).encode()})
-        self.directory.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(self.directory)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path.parent)
         atomic_write(path, lambda f: pq.write_table(table, f))
         return path
 

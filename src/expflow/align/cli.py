@@ -46,6 +46,8 @@ def cmd_align(args: argparse.Namespace) -> int:
 
     spec_path = Path(args.spec) if args.spec else find_spec()
     plan = load_spec(spec_path, args.overrides)
+    if plan.seed_equivalent:
+        print(f"{spec_path}: read as a seed 002 config; the equivalent expflow spec is:\n{plan.seed_equivalent}")
     out = Path(args.out) if args.out else DEFAULT_OUT / spec_path.stem
     workflow = None
     if args.workflow_runs:

@@ -102,7 +102,7 @@ def run_alignment(
             check = FrameworkCheck(label, fw.name, _describe(fw.source, inst))
             result.checks.append(check)
             try:
-                raw, from_cache = _load(inst, label, cache, console)
+                raw, from_cache = _load(inst, label, cache, console, fw.cache_file if suffix is None else None)
             except (SourceError, OSError) as e:
                 check.status, check.error = ERROR, _one_line(e)
                 continue
@@ -165,10 +165,10 @@ def _for_workflow(spec: Any, workflow: WorkflowRuns | None) -> Any:
     return dataclasses.replace(spec, runs=list(workflow.run_ids))
 
 
-def _load(source: Source, label: str, cache: SourceCache, console: Console) -> tuple[Any, bool]:
+def _load(source: Source, label: str, cache: SourceCache, console: Console, file: str | None = None) -> tuple[Any, bool]:
     identity = source.identity()
     fingerprint = source.fingerprint()
-    raw = cache.load(label, identity, fingerprint)
+    raw = cache.load(label, identity, fingerprint, file)
     if raw is not None:
         return raw, True
     t0 = time.perf_counter()
@@ -177,7 +177,7 @@ def _load(source: Source, label: str, cache: SourceCache, console: Console) -> t
     with console.status(escape(f"reading {label} ({source.describe()})")):
         raw = source.read()
     console.print(f"read {label}: {len(raw.points):,} points in {time.perf_counter() - t0:.1f}s", highlight=False, markup=False)
-    cache.store(label, identity, fingerprint, raw)
+    cache.store(label, identity, fingerprint, raw, file)
     return raw, False
 
 

@@ -19,6 +19,7 @@ with one line that names the key. Credentials never live in a spec (see ``creden
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from omegaconf.errors import OmegaConfBaseException
 from expflow.align.credentials import SECRETS_FILES
 from expflow.align.derived import FORMULAS
 from expflow.align.presets import PATTERN_PREFIX, PRESET_KEY, resolve_preset
+from expflow.align.seed_dialect import translate
 from expflow.errors import AlignError
 
 TARGET_MODES = ("offline", "cloud", "local", "disabled")
@@ -78,6 +80,7 @@ class FrameworkSpec:
     # SLIME: train steps per rollout; rollout/step and eval/step (the rollout id) x this = the
     # train step. null: from the run's config when it has one (W&B), else as logged
     steps_per_rollout: int | None = None
+    cache_file: str | None = None  # this framework's source cache (default: one in cache_dir)
 
 
 @dataclass
@@ -108,6 +111,7 @@ class FrameworkPlan:
     train_step: str
     fill: str
     steps_per_rollout: int | None = None
+    cache_file: str | None = None
 
     def wanted(self) -> set[str]:
         """The framework's metrics the alignment needs: mapped ones and derived inputs."""
@@ -136,6 +140,7 @@ class Plan:
     disabled: tuple[str, ...]
     target: TargetSpec
     cache_dir: str | None
+    seed_equivalent: str | None = None  # read in seed 002's dialect: the equivalent expflow spec (YAML)
 
 
 # -- loading -------------------------------------------------------------------------
@@ -173,8 +178,10 @@ def load_spec(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Pl
                 f"or in {SECRETS_FILES[0]} (git-ignored)"
             )
         raw = OmegaConf.masked_copy(raw, [k for k in raw if k != "auth"])
+    raw, equivalent = translate(raw, str(path))
     spec = _typed(path, raw)
-    return _resolve(path, spec)
+    plan = _resolve(path, spec)
+    return dataclasses.replace(plan, seed_equivalent=equivalent) if equivalent else plan
 
 
 def _typed(path: Path, raw: DictConfig) -> AlignSpec:
@@ -283,6 +290,7 @@ def _resolve(path: Path, spec: AlignSpec) -> Plan:
                 train_step=fw.train_step,
                 fill=fw.fill,
                 steps_per_rollout=fw.steps_per_rollout,
+                cache_file=fw.cache_file,
             )
         )
     if not plans:
