@@ -193,3 +193,111 @@ def test_the_page_is_rendered_from_templates_with_every_value_escaped(tmp_path):
     assert "<b>value</b>" not in html and "bad &lt;b&gt;value&lt;/b&gt; &amp; more" in html
     assert html.count("<script>") == 1 and "data-ready" in html  # only the page's own script
     assert html.count('<polyline class="curve"') == 3  # the charts are markup, not escaped text
+
+
+def many_runs(runs: Path) -> dict[str, str]:
+    """25 packages: 22 runs of a three-parameter sweep (analyses, notes), one run crashed
+    and continued, and two reruns of the first run. Returns {run id: kind}."""
+    from expflow.package import Status
+
+    from .test_status import history, mark
+
+    kinds = {}
+    for i in range(22):
+        lr, seed, width = (1e-3, 3e-3, 1e-2)[i % 3], i % 4, (64, 128)[i % 2]
+        pkg = fake_package(runs, f"run{i:02d}-lr{lr:g}-seed{seed}-w{width}",
+                           overrides=(f"optim.lr={lr}", f"seed={seed}", f"model.width={width}"),
+                           config={"optim": {"lr": lr}, "seed": seed, "model": {"width": width}},
+                           points=curve(0.5 + i / 50))
+        for name in ("accuracy", "learning_curves"):
+            folder = pkg.analysis_dir / name
+            folder.mkdir(parents=True)
+            (folder / "analysis.json").write_text(json.dumps({"script": name, "files": [], "checkpoint": {"step": 30}}))
+        kinds[pkg.run_id] = "run"
+    crashed = fake_package(runs, "run22-crashed-then-continued", overrides=("optim.lr=0.003", "seed=1"),
+                           config={"optim": {"lr": 3e-3}, "seed": 1}, points=curve(0.7))
+    history(crashed, [("PREPARING", 0), ("RUNNING", 1), ("CRASHED", 20), ("PREPARING", 900), ("RUNNING", 901),
+                      ("COMPLETED", 960)])
+    kinds[crashed.run_id] = "continued"
+    first = next(iter(kinds))
+    for k in range(2):
+        rerun = fake_package(runs, f"{first}-rerun-2026010{k + 1}T000000", overrides=("optim.lr=0.001", "seed=0"),
+                             config={"optim": {"lr": 1e-3}, "seed": 0}, points=curve(0.5))
+        rerun.update_manifest(lambda m: m.update(origin={"rerun_of": first, "path": str(runs / first)}))
+        mark(rerun, Status.COMPLETED)
+        kinds[rerun.run_id] = "rerun"
+    return kinds
+
+
+def rgb(hex_color: str) -> tuple[int, int, int]:
+    return tuple(int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+
+
+def test_a_report_of_25_runs_in_headless_chromium(tmp_path):
+    """Distinct colours for every run (reruns in a shade of their run's), the analyses column in
+    view at 1280 px with the run and status columns pinned, and the screenshot shows each colour."""
+    from PIL import Image
+
+    runs = tmp_path / "runs"
+    kinds = many_runs(runs)
+    out = tmp_path / "report.html"
+    info = build_report(runs, out)
+    assert info["runs"] == 25 and sorted(info["swept"]) == ["model.width", "optim.lr", "seed"]
+    html = out.read_text()
+    page = parse(html)
+    rows = [a["data-run"] for t, a in page.elements if t == "tr" and "data-run" in a]
+    first = next(k for k, v in kinds.items() if v == "run")
+    assert rows[:3] == [first, *sorted(k for k, v in kinds.items() if v == "rerun")]  # reruns after their run
+    colors = {}
+    for a in page.find("polyline", "curve"):
+        colors[a["data-run"]] = a["stroke"]
+    assert len(colors) == 25 and len(set(colors.values())) == 25, colors
+    families = [c for run, c in colors.items() if kinds[run] != "rerun"]
+    closest = min(sum((x - y) ** 2 for x, y in zip(rgb(a), rgb(b), strict=True)) ** 0.5
+                  for i, a in enumerate(families) for b in families[i + 1:])
+    assert closest > 30, f"two runs' colours are {closest:.0f} apart in RGB"
+    reruns = page.find("polyline", "rerun")
+    assert reruns and all(a["data-run"] in kinds and kinds[a["data-run"]] == "rerun" for a in reruns)
+    assert "rerun of " + first in " ".join(page.text)
+
+    dom = headless(out, tmp_path / "profile", "--window-size=1280,2200", "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    table = next(a for t, a in parse(dom.stdout).elements if t == "table" and a.get("id") == "run-table")
+    visible = table["data-visible-columns"].split("\t")
+    assert {"run", "status", "val/acc", "analyses"} <= set(visible), visible
+
+    shot = tmp_path / "report.png"
+    proc = headless(out, tmp_path / "profile", "--window-size=1280,2200", f"--screenshot={shot}")
+    assert proc.returncode == 0 and shot.exists(), proc.stderr[-2000:]
+    pixels = Image.open(shot).convert("RGB")
+    seen = {c for _, c in pixels.getcolors(1 << 24)}
+    missing = [run for run, c in colors.items()
+               if not any(all(abs(p - q) <= 3 for p, q in zip(px, rgb(c), strict=True)) for px in seen)]
+    assert not missing, f"colours not on the screenshot: {missing}"
+
+
+def test_integer_axes_get_integer_ticks():
+    assert Scale.fit([0, 1, 2, 3]).padded().ticks() == [0, 1, 2, 3]  # a seed axis: never 0.25
+    assert Scale.fit([0, 1]).ticks() == [0, 1]
+    assert Scale.fit([3, 3]).ticks() == [2, 3, 4]
+    assert nice_ticks(0, 2, integer=True) == [0, 1, 2] and nice_ticks(0, 1000, integer=True)[1] == 200
+    assert Scale.fit([0.0, 0.5, 1.0]).ticks() == [0, 0.2, 0.4, 0.6, 0.8, 1.0]  # real values keep fine ticks
+    from expflow.svgchart import scatter_chart
+
+    svg = scatter_chart([(0, 0.5, "a", "#000000"), (1, 0.6, "b", "#111111"), (2, 0.7, "c", "#222222")],
+                        title="t", xlabel="seed", ylabel="val/acc")
+    xticks = [t for t in parse(svg).text if t.strip() and t.strip().replace(".", "").isdigit()]
+    assert "0.5" not in xticks[-3:] and not any(t in xticks for t in ("0.25", "0.75", "1.5"))
+
+
+def test_palette_keeps_any_number_of_runs_distinct():
+    from expflow.svgchart import PALETTE, palette, shade
+
+    assert palette(10) == list(PALETTE)
+    for n in (11, 25, 60):
+        colors = palette(n)
+        assert len(set(colors)) == n
+        closest = min(sum((x - y) ** 2 for x, y in zip(rgb(a), rgb(b), strict=True)) ** 0.5
+                      for i, a in enumerate(colors) for b in colors[i + 1:])
+        assert closest > (30 if n <= 25 else 15), (n, closest)
+    assert shade("#1f77b4", 1) != shade("#1f77b4", 2) != "#1f77b4"

@@ -250,3 +250,72 @@ def test_live_states_waiting_for_a_lease_running_killed_and_crashed(tmp_path):
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def history(pkg: SavePackage, spans: list[tuple[str, float]], start: str = "2026-01-01T10:00:00+00:00") -> None:
+    """Give a package a status history: (status, seconds after ``start``) entries, its attempts
+    (one per PREPARING) and started/finished as set_status would have written them."""
+    from datetime import datetime, timedelta
+
+    t0 = datetime.fromisoformat(start)
+
+    def at(seconds: float) -> str:
+        return (t0 + timedelta(seconds=seconds)).isoformat(timespec="milliseconds")
+
+    def change(m: dict) -> None:
+        entries = [{"status": s, "time": at(t), "host": "h", "pid": 1} for s, t in spans]
+        m["status_history"] = [m["status_history"][0], *entries]
+        m["attempts"] = [{"kind": "train" if i == 0 else "continue", "time": e["time"]}
+                         for i, e in enumerate(x for x in entries if x["status"] == "PREPARING")]
+        m["status"] = spans[-1][0]
+        m["started"] = next(e["time"] for e in entries if e["status"] == "RUNNING")
+        m["finished"] = entries[-1]["time"] if spans[-1][0] in ("COMPLETED", "CRASHED") else None
+
+    pkg.update_manifest(change)
+
+
+def test_durations_are_time_spent_training(tmp_path):
+    """A run that trained for seconds shows seconds, not 0:00; one continued an hour later
+    shows the sum of its attempts (with the wall time beside it), not first start to last finish."""
+    from expflow.status_board import duration_text, time_text
+
+    runs = tmp_path / "runs"
+    short = fake_package(runs, "short", points=curve(0.5))
+    history(short, [("PREPARING", 0), ("RUNNING", 2), ("COMPLETED", 4.4)])
+    later = fake_package(runs, "later", points=curve(0.6))
+    history(later, [("PREPARING", 0), ("RUNNING", 1), ("CRASHED", 31),
+                    ("PREPARING", 3600), ("RUNNING", 3605), ("COMPLETED", 3650)])
+    rows = {r.run_id: r for r in Board(runs).rows()}
+    assert rows["short"].duration_s == pytest.approx(2.4) and duration_text(rows["short"].duration_s) == "2.4 s"
+    r = rows["later"]
+    assert r.duration_s == pytest.approx(75) and r.attempts == 2
+    assert r.wall_s == pytest.approx(3649)
+    assert time_text(r) == "1:15 (1:00:49 since first start)" and time_text(rows["short"]) == "2.4 s"
+    assert [x.run_id for x in select(list(rows.values()), sort="duration")] == ["short", "later"]
+    table = run_cli("status", "--runs", str(runs), env={"COLUMNS": "200"})
+    assert "2.4 s" in table.stdout and "1:15 (1:00:49 since first start)" in table.stdout, table.stdout
+    shown = run_cli("show", str(runs / "later"), env={"COLUMNS": "200"})
+    assert "time training       1:15 over 2 attempts" in shown.stdout, shown.stdout
+    assert [duration_text(s) for s in (0.04, 9.96, 42.4, 59.6, 185, 3723)] == \
+        ["0.0 s", "10 s", "42 s", "1:00", "3:05", "1:02:03"]
+
+
+def test_a_cpu_fallback_says_so_in_one_line(tmp_path):
+    runs = tmp_path / "runs"
+    fell_back = fake_package(runs, "fell", config={"gpu": {"count": 1}, "trainer": {"max_epochs": 3, "device": "auto"}},
+                             points=curve(0.5))
+    mark(fell_back, Status.COMPLETED, device="cpu", gpus=[])
+    chose_cpu = fake_package(runs, "chose", config={"gpu": {"count": 1}, "trainer": {"max_epochs": 3, "device": "cpu"}},
+                             points=curve(0.5))
+    mark(chose_cpu, Status.COMPLETED, device="cpu", gpus=[])
+    rows = {r.run_id: r for r in Board(runs).rows()}
+    assert rows["fell"].cpu_fallback and not rows["chose"].cpu_fallback
+    table = run_cli("status", "--runs", str(runs), env={"COLUMNS": "200"})
+    lines = [line for line in table.stdout.splitlines() if "trained on the CPU" in line]
+    assert len(lines) == 1 and "1 run(s) asked for GPUs" in lines[0], table.stdout
+    assert "CPU fallback" in next(line for line in table.stdout.splitlines() if line.startswith("fell"))
+    shown = run_cli("show", str(fell_back.path), env={"COLUMNS": "200"})
+    fallback = [line for line in shown.stdout.splitlines() if "ran on the CPU" in line]
+    assert fallback == ["ran on the CPU: it asked for 1 GPU(s) and none was available "
+                        "(gpu.allow_cpu=true let it fall back)"], shown.stdout
+    assert "ran on the CPU" not in run_cli("show", str(chose_cpu.path)).stdout

@@ -35,24 +35,55 @@ class RunData:
 
 
 def load_runs(runs_dir: str | os.PathLike[str]) -> tuple[list[RunData], list[str]]:
-    """Every readable package of ``runs_dir`` (oldest first) with its series and analyses."""
+    """Every readable package of ``runs_dir`` (oldest first, each rerun right after the run it
+    reran) with its colour, series and analyses."""
     from rich.progress import track
 
     from expflow.analysis import analysis_records
     from expflow.analysis.metrics import metric_series
     from expflow.package import SavePackage
     from expflow.status_board import Board, read_config, select
-    from expflow.svgchart import color
 
     board = Board(runs_dir)
-    rows = select(board.rows(), sort="created")
+    rows = grouped(select(board.rows(), sort="created"))
+    colors = run_colors(rows)
     runs = []
-    for i, row in enumerate(track(rows, description="reading packages", transient=True,
-                                  disable=not os.isatty(2) or len(rows) < 50)):
+    for row in track(rows, description="reading packages", transient=True,
+                     disable=not os.isatty(2) or len(rows) < 50):
         pkg = SavePackage(row.path)
-        runs.append(RunData(row, color(i), metric_series(pkg.scan_records().records),
+        runs.append(RunData(row, colors[row.run_id], metric_series(pkg.scan_records().records),
                             overridden(row.overrides), read_config(pkg.config_path), analysis_records(pkg)))
     return runs, board.skipped
+
+
+def family(row: RunRow, ids: set[str]) -> str:
+    """The run a row belongs with: the one it reran (when that is in the report), else itself."""
+    return row.rerun_of if row.rerun_of in ids else row.run_id
+
+
+def grouped(rows: list[RunRow]) -> list[RunRow]:
+    """Rows in their order, each rerun moved right after the run it reran."""
+    ids = {r.run_id for r in rows}
+    order = {r.run_id: i for i, r in enumerate(rows) if family(r, ids) == r.run_id}
+    return sorted(rows, key=lambda r: (order[family(r, ids)], family(r, ids) != r.run_id))
+
+
+def run_colors(rows: list[RunRow]) -> dict[str, str]:
+    """One distinct colour per run; a rerun gets a lighter shade of its run's colour."""
+    from expflow.svgchart import palette, shade
+
+    ids = {r.run_id for r in rows}
+    families = list(dict.fromkeys(family(r, ids) for r in rows))
+    base = dict(zip(families, palette(len(families)), strict=True))
+    colors, reruns = {}, Counter()
+    for r in rows:
+        head = family(r, ids)
+        if head == r.run_id:
+            colors[r.run_id] = base[head]
+        else:
+            reruns[head] += 1
+            colors[r.run_id] = shade(base[head], reruns[head])
+    return colors
 
 
 def overridden(overrides: list[str]) -> dict[str, str]:
@@ -141,24 +172,28 @@ def template() -> Any:
 
 
 def run_table_heads(runs: list[RunData], main: str | None, swept: list[str]) -> dict[str, Any]:
+    # The key columns first (run and status stay pinned when the table scrolls sideways), the
+    # analyses before the long tail of swept values, so they stay in view on a laptop screen.
     notes = any(r.row.note for r in runs)
-    names = ["run", "status", "devices", "progress", main or "metric", *swept, "started", "finished",
-             "duration", "analyses", *(["note"] if notes else [])]
+    names = ["run", "status", main or "metric", "analyses", *swept, "progress", "devices", "trained",
+             "started", "finished", *(["note"] if notes else [])]
     return {"heads": [{"name": n, "pinned": i < 2} for i, n in enumerate(names)], "notes": notes}
 
 
 def table_row(r: RunData, main: str | None, swept: list[str], out_dir: Path) -> dict[str, Any]:
     """One run's cells in the run table: text, and the value each column sorts by."""
-    from expflow.status_board import duration_text, local_time, progress_text
+    from expflow.status_board import duration_text, local_time, progress_text, wall_differs
 
     row = r.row
+    trained = f"trained {duration_text(row.duration_s)}" + (f" over {row.attempts} attempts" if row.attempts > 1 else "")
     return {
         "run_id": row.run_id,
         "color": r.color,
-        "rerun_of": None,
+        "rerun_of": row.rerun_of,
         "status": row.status,
         "devices": row.devices,
-        "cpu_fallback": None,
+        "cpu_fallback": ("it asked for GPUs and trained on the CPU: no GPU was available (gpu.allow_cpu=true)"
+                         if row.cpu_fallback else None),
         "step": row.step,
         "progress": progress_text(row),
         "value": "" if row.value is None else f"{row.value:.4g}",
@@ -170,7 +205,8 @@ def table_row(r: RunData, main: str | None, swept: list[str], out_dir: Path) -> 
         "finished_sort": row.finished or "",
         "duration": duration_text(row.duration_s),
         "duration_sort": row.duration_s or "",
-        "duration_title": None,
+        "duration_title": f"{trained}; {duration_text(row.wall_s)} since its first start" if row.wall_s is not None else trained,
+        "wall": duration_text(row.wall_s) if wall_differs(row) else None,
         "analysis_links": [{"name": name, "href": _href(out_dir, Path(row.path) / "analysis" / name)}
                            for name in r.analyses],
         "note": row.note,
@@ -184,7 +220,8 @@ def curve_charts(runs: list[RunData], metrics: list[str]) -> list[dict[str, Any]
 
     charts = []
     for name in metrics:
-        series = [Series(r.row.run_id, r.series[name], r.color) for r in runs if r.series.get(name)]
+        series = [Series(r.row.run_id, r.series[name], r.color, rerun=r.row.rerun_of is not None)
+                  for r in runs if r.series.get(name)]
         charts.append({"metric": name, "svg": Markup(line_chart(series, title=name, metric=name))})
     return charts
 

@@ -43,10 +43,14 @@ class RunRow:
     started: str | None
     finished: str | None
     finished_estimated: bool  # a killed run: its last heartbeat, not a recorded finish
-    duration_s: float | None
+    duration_s: float | None  # time spent training: the sum of its attempts' RUNNING spans
     note: str
     overrides: list[str] = field(default_factory=list)
     last_metrics: dict[str, float] = field(default_factory=dict)
+    wall_s: float | None = None  # from its first start to its finish (or now): continued later, far more
+    attempts: int = 0
+    cpu_fallback: bool = False  # it asked for GPUs, none was available, and it trained on the CPU
+    rerun_of: str | None = None  # the run it reran (`expflow rerun`)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,7 +126,10 @@ class Board:
         elif status not in ("COMPLETED", "CRASHED"):
             finished = None
         end = _ts(finished) if finished else (time.time() if status in ("RUNNING", "PREPARING") else None)
-        duration = max(end - _ts(started), 0.0) if started and end is not None else None
+        wall = max(end - _ts(started), 0.0) if started and end is not None else None
+        training = training_seconds(m.get("status_history") or [], end)
+        duration = training if training is not None else wall
+        origin = m.get("origin") if isinstance(m.get("origin"), dict) else {}
         return RunRow(
             run_id=str(m.get("run_id") or pkg.path.name),
             path=str(pkg.path),
@@ -143,7 +150,36 @@ class Board:
             note=_note(status, m),
             overrides=list(m.get("overrides") or []),
             last_metrics=scan["last"],
+            wall_s=round(wall, 3) if wall is not None else None,
+            attempts=len(m.get("attempts") or []),
+            cpu_fallback=cpu_fallback(m.get("device"), m.get("gpus"), cfg["gpu_count"], cfg["trainer_device"]),
+            rerun_of=str(origin["rerun_of"]) if origin.get("rerun_of") else None,
         )
+
+
+def training_seconds(history: Sequence[dict[str, Any]], end: float | None) -> float | None:
+    """Time spent training: the sum of the spans the run was RUNNING (one per attempt), the
+    last one up to ``end`` while nothing closed it (now for a live run, the last heartbeat
+    of a killed one). None when it never ran."""
+    total, since, ran = 0.0, None, False
+    for entry in history:
+        try:
+            t = _ts(entry.get("time"))
+        except (TypeError, ValueError):
+            continue
+        if since is not None:
+            total += max(t - since, 0.0)
+            since = None
+        if entry.get("status") == "RUNNING":
+            since, ran = t, True
+    if since is not None and end is not None:
+        total += max(end - since, 0.0)
+    return total if ran else None
+
+
+def cpu_fallback(device: Any, gpus: Any, gpu_count: int, trainer_device: Any) -> bool:
+    """Whether a run that asked for GPUs (gpu.count, trainer.device not cpu) trained on the CPU."""
+    return bool(gpu_count) and str(device) == "cpu" and not gpus and str(trainer_device) != "cpu"
 
 
 def _records_summary(path: Path) -> dict[str, Any]:
@@ -180,7 +216,13 @@ def _config_summary(path: Path) -> dict[str, Any]:
 
     # A command run's epochs are its program's: trainer.max_epochs says nothing about them.
     epochs = None if is_command(cfg) else trainer.get("max_epochs")
-    return {"hold_best": lifecycle.get("hold_best"), "max_epochs": epochs}
+    gpu = cfg.get("gpu") or {}
+    try:
+        gpu_count = int(gpu.get("count") or 0)
+    except (TypeError, ValueError):
+        gpu_count = 0
+    return {"hold_best": lifecycle.get("hold_best"), "max_epochs": epochs, "gpu_count": gpu_count,
+            "trainer_device": trainer.get("device")}
 
 
 def _devices(m: dict[str, Any]) -> str:
@@ -203,6 +245,9 @@ def _note(status: str, m: dict[str, Any]) -> str:
             return f"{err['type']}: {' '.join(str(err.get('message') or '').split())}"
         if m.get("status") != "CRASHED":
             return f"process {last.get('pid')} on {last.get('host')} died ({m.get('status')})"
+    origin = m.get("origin")
+    if isinstance(origin, dict) and origin.get("rerun_of"):
+        return f"rerun of {origin['rerun_of']}"
     return ""
 
 
@@ -262,11 +307,27 @@ def local_time(value: str | None) -> str:
 
 
 def duration_text(seconds: float | None) -> str:
+    """A duration a person reads: 0.4 s, 42 s, 3:05, 1:02:03."""
     if seconds is None:
         return "-"
+    if seconds < 59.5:
+        return f"{seconds:.1f} s" if seconds < 9.95 else f"{seconds:.0f} s"
     s = int(round(seconds))
     h, rem = divmod(s, 3600)
     return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60}:{rem % 60:02d}"
+
+
+def wall_differs(r: RunRow) -> bool:
+    """Whether the wall time since the first start says more than the training time: a run
+    continued later, or one that waited long between attempts."""
+    return (r.wall_s is not None and r.duration_s is not None
+            and r.wall_s - r.duration_s >= 60 and r.wall_s > 1.5 * r.duration_s)
+
+
+def time_text(r: RunRow) -> str:
+    """Time spent training, and the wall time since its first start where that differs."""
+    trained = duration_text(r.duration_s)
+    return f"{trained} ({duration_text(r.wall_s)} since first start)" if wall_differs(r) else trained
 
 
 def progress_text(r: RunRow) -> str:
@@ -290,20 +351,25 @@ def render_table(rows: Sequence[RunRow], title: str, skipped: Sequence[str] = ()
     metrics = {r.metric for r in rows if r.metric}
     shared = metrics.pop() if len(metrics) == 1 else None  # one metric for all: name it in the header
     caption = status_counts(rows) + (f" · {len(skipped)} unreadable" if skipped else "")
+    fallbacks = sum(r.cpu_fallback for r in rows)
+    if fallbacks:
+        caption += (f"\n[yellow]{fallbacks} run(s) asked for GPUs and trained on the CPU: no GPU was available "
+                    "(gpu.allow_cpu=true)[/]")
     table = Table(title=title, caption=caption, title_justify="left", caption_justify="left", box=box.SIMPLE_HEAD,
                   pad_edge=False, show_edge=False, collapse_padding=True)
     for name, kw in (("run", {"no_wrap": True}), ("status", {"no_wrap": True}), ("devices", {"min_width": 5}),
                      ("progress", {"no_wrap": True}), (shared or "main metric", {"justify": "right", "min_width": 7}),
                      ("started", {"min_width": 8}), ("finished", {"min_width": 8}),
-                     ("duration", {"justify": "right", "no_wrap": True}),
+                     ("trained", {"justify": "right"}),
                      ("note", {"overflow": "fold", "min_width": 10, "max_width": 48})):
         if name != "note" or any(r.note for r in rows):
             table.add_column(name, **kw)
     for r in rows:
         value = "-" if r.value is None else f"{r.value:.4g}" if shared else f"{r.metric}={r.value:.4g}"
         finished = ("~" if r.finished_estimated else "") + local_time(r.finished)
-        cells = [r.run_id, f"[{STATUS_STYLE[r.status]}]{r.status}[/]", escape(r.devices), progress_text(r),
-                 value, local_time(r.started), finished, duration_text(r.duration_s), escape(r.note)]
+        devices = escape(r.devices) + (" [yellow](CPU fallback)[/]" if r.cpu_fallback else "")
+        cells = [r.run_id, f"[{STATUS_STYLE[r.status]}]{r.status}[/]", devices, progress_text(r),
+                 value, local_time(r.started), finished, time_text(r), escape(r.note)]
         table.add_row(*cells[:len(table.columns)])
     return table
 

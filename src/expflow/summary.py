@@ -138,6 +138,7 @@ def render_summary(summary: dict[str, Any], pkg: SavePackage, console: Console) 
         ("created", _when(summary["created"])),
         ("started", _when(summary["started"]) if summary["started"] else "not yet"),
         ("finished", _when(summary["finished"]) if summary["finished"] else "not yet"),
+        ("time training", trained_text(summary)),
     ]
     git = summary.get("git") or {}
     if git:
@@ -212,11 +213,29 @@ def device_text(summary: dict[str, Any]) -> str:
 
 def cpu_fallback_line(summary: dict[str, Any]) -> str | None:
     """One line when a run that asked for GPUs trained on the CPU (none was available)."""
+    from expflow.status_board import cpu_fallback
+
     wanted = summary.get("gpu_count") or 0
-    if wanted and str(summary.get("device")) == "cpu" and not summary.get("gpus") and summary.get("trainer_device") != "cpu":
+    if cpu_fallback(summary.get("device"), summary.get("gpus"), wanted, summary.get("trainer_device")):
         return (f"ran on the CPU: it asked for {wanted} GPU(s) and none was available "
                 "(gpu.allow_cpu=true let it fall back)")
     return None
+
+
+def trained_text(summary: dict[str, Any]) -> str:
+    """Time spent training (the sum of its attempts), and since its first start where that differs."""
+    from expflow.status_board import duration_text, training_seconds
+
+    history = summary.get("status_history") or []
+    live = summary["status"] in ("RUNNING", "PREPARING")
+    beat = (summary.get("heartbeat") or {}).get("time")
+    end = datetime.now().timestamp() if live else (float(beat) if summary["status"] == "CRASHED" and beat else None)
+    trained = training_seconds(history, end)
+    if trained is None:
+        return "not yet"
+    attempts = len(summary.get("attempts") or [])
+    over = f" over {attempts} attempts" if attempts > 1 else ""
+    return f"{duration_text(trained)}{over}"
 
 
 def progress_words(prog: dict[str, Any]) -> str:

@@ -1,6 +1,6 @@
 """Small self-contained SVG charts (line and scatter) for the HTML report: no JavaScript
 library, no network, and every curve an element a test or a script can find
-(``<polyline class="curve" data-run="...">``)."""
+(`<polyline class="curve" data-run="...">`)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,37 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html import escape
 
-# matplotlib's tab10, then evenly spread hues for more runs.
+# matplotlib's tab10: up to ten runs; more get evenly spaced hues (see palette).
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
            "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 MAX_POINTS = 600  # per curve: more points than pixels only make the page heavy
 
 
-def color(i: int) -> str:
-    if i < len(PALETTE):
-        return PALETTE[i]
-    return f"hsl({(i * 137.508) % 360:.1f}, 62%, 45%)"  # golden-angle hues stay distinct
+def palette(n: int) -> list[str]:
+    """``n`` colours, each distinct from every other: tab10 for up to ten; beyond, hues spread
+    evenly around the wheel, with three lightness levels taking turns so that neighbouring
+    hues also differ in lightness."""
+    if n <= len(PALETTE):
+        return list(PALETTE[:n])
+    levels = (0.40, 0.56, 0.30)
+    return [_hsl_hex(i / n, 0.70, levels[i % len(levels)]) for i in range(n)]
+
+
+def shade(hex_color: str, k: int) -> str:
+    """The ``k``-th variant of a colour (a rerun of a run): the same hue, lighter each time."""
+    import colorsys
+
+    r, g, b = (int(hex_color[i:i + 2], 16) / 255 for i in (1, 3, 5))
+    h, light, sat = colorsys.rgb_to_hls(r, g, b)
+    light = min(0.85, light + (1 - light) * (1 - 0.6 ** k))
+    return _hsl_hex(h, sat, light)
+
+
+def _hsl_hex(h: float, s: float, light: float) -> str:
+    import colorsys
+
+    r, g, b = colorsys.hls_to_rgb(h % 1.0, light, s)
+    return "#" + "".join(f"{round(c * 255):02x}" for c in (r, g, b))
 
 
 def fmt(v: float) -> str:
@@ -38,6 +59,7 @@ class Scale:
     lo: float
     hi: float
     log: bool = False
+    integer: bool = False  # integer data (seeds, epochs, steps): ticks only at whole numbers
 
     @classmethod
     def fit(cls, values: Sequence[float], log: bool = False) -> Scale:
@@ -45,13 +67,14 @@ class Scale:
         if not vals:
             return cls(0.0, 1.0)
         lo, hi = min(vals), max(vals)
+        integer = all(float(v).is_integer() for v in vals)
         if log:
             return cls(10 ** math.floor(math.log10(lo)), 10 ** math.ceil(math.log10(hi)), True)
         if lo == hi:
-            pad = abs(lo) * 0.05 or 1.0
-            return cls(lo - pad, hi + pad)
-        ticks = nice_ticks(lo, hi)
-        return cls(min(lo, ticks[0]), max(hi, ticks[-1]))
+            pad = 1.0 if integer else abs(lo) * 0.05 or 1.0
+            return cls(lo - pad, hi + pad, integer=integer)
+        ticks = nice_ticks(lo, hi, integer=integer)
+        return cls(min(lo, ticks[0]), max(hi, ticks[-1]), integer=integer)
 
     def padded(self, frac: float = 0.06) -> Scale:
         """The same scale with room at both ends (dots on the edge would be cut in half)."""
@@ -60,7 +83,7 @@ class Scale:
             pad = (b - a) * frac or 0.5
             return Scale(10 ** (a - pad), 10 ** (b + pad), True)
         pad = (self.hi - self.lo) * frac
-        return Scale(self.lo - pad, self.hi + pad)
+        return Scale(self.lo - pad, self.hi + pad, integer=self.integer)
 
     def __call__(self, v: float) -> float:
         if self.log:
@@ -76,16 +99,21 @@ class Scale:
             mantissas = (1, 2, 5) if hi - lo <= 2 else (1,)  # few decades: 1-2-5 ticks between
             return [m * 10.0 ** e for e in range(lo - 1, hi + 1, step) for m in mantissas
                     if self.lo * (1 - 1e-9) <= m * 10.0 ** e <= self.hi * (1 + 1e-9)]
-        return [t for t in nice_ticks(self.lo, self.hi) if self.lo - 1e-12 <= t <= self.hi + 1e-12]
+        return [t for t in nice_ticks(self.lo, self.hi, integer=self.integer)
+                if self.lo - 1e-12 <= t <= self.hi + 1e-12]
 
 
-def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    """Round tick values covering [lo, hi] (1, 2, 2.5 or 5 times a power of ten apart)."""
+def nice_ticks(lo: float, hi: float, count: int = 5, integer: bool = False) -> list[float]:
+    """Round tick values covering [lo, hi] (1, 2, 2.5 or 5 times a power of ten apart); with
+    ``integer``, whole numbers only (a seed axis: 0, 1, 2, never 0.25)."""
     if hi <= lo:
-        return [lo]
+        return [float(round(lo))] if integer else [lo]
     raw = (hi - lo) / count
     mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    steps = [m * mag for m in (1, 2, 2.5, 5, 10)]
+    if integer:
+        steps = [st for st in steps if st >= 1 and float(st).is_integer()] or [1.0]
+    step = next((st for st in steps if st >= raw), steps[-1])
     start = math.floor(lo / step) * step
     ticks = []
     t = start
@@ -101,6 +129,7 @@ class Series:
     points: list[tuple[float, float]]
     color: str
     label: str = ""
+    rerun: bool = False  # a rerun of another series' run: drawn dashed, in a shade of its colour
 
 
 @dataclass
@@ -180,7 +209,8 @@ def line_chart(series: Sequence[Series], *, title: str, xlabel: str = "step", yl
         coords = " ".join(f"{frame.px(x):.1f},{frame.py(y):.1f}" for x, y in pts)
         tip = escape(f"{s.label or s.key}: last {fmt(pts[-1][1])} at {xlabel} {fmt(pts[-1][0])}")
         single = len(pts) == 1  # a single value: a dot, still one element per run
-        attrs = (f'class="curve{" single" if single else ""}" data-run="{escape(s.key)}" '
+        kind = "curve" + (" single" if single else "") + (" rerun" if s.rerun else "")
+        attrs = (f'class="{kind}" data-run="{escape(s.key)}" '
                  f'data-metric="{escape(metric)}" stroke="{s.color}"')
         if single:
             x, y = frame.px(pts[0][0]), frame.py(pts[0][1])

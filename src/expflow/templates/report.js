@@ -21,5 +21,20 @@
       rows.forEach(function(r){body.appendChild(r);});
     });
   });}
+  if(table){
+    // Pinned columns stick at the sum of the widths before them.
+    var heads=table.tHead.rows[0].cells,left=0;
+    for(var c=0;c<heads.length&&heads[c].classList.contains('pin');c++){
+      var cells=table.querySelectorAll('tr > :nth-child('+(c+1)+')');
+      cells.forEach(function(cell){cell.style.left=left+'px';});
+      left+=heads[c].getBoundingClientRect().width;
+    }
+    // The columns in view without scrolling: a headless check reads them (data-visible-columns).
+    var box=table.parentNode.getBoundingClientRect(),shown=[];
+    Array.prototype.forEach.call(heads,function(th){
+      var r=th.getBoundingClientRect();if(r.right<=Math.min(box.right,window.innerWidth)+1)shown.push(th.textContent);
+    });
+    table.setAttribute('data-visible-columns',shown.join('\t'));
+  }
   document.documentElement.setAttribute('data-ready','1');
 })();
