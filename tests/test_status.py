@@ -319,3 +319,18 @@ def test_a_cpu_fallback_says_so_in_one_line(tmp_path):
     assert fallback == ["ran on the CPU: it asked for 1 GPU(s) and none was available "
                         "(gpu.allow_cpu=true let it fall back)"], shown.stdout
     assert "ran on the CPU" not in run_cli("show", str(chose_cpu.path)).stdout
+
+
+@pytest.mark.slow
+def test_a_run_that_falls_back_to_the_cpu_says_so(tmp_path):
+    runs = tmp_path / "runs"
+    env = {"CUDA_VISIBLE_DEVICES": "", "EXPFLOW_SIMULATED_GPUS": ""}
+    overrides = [o for o in small_overrides(runs, "trainer.max_epochs=1", "trainer.device=auto") if o != "gpu=cpu"]
+    made = run_cli("materialize", "--runs", str(runs), "--", *overrides, env=env)
+    assert made.returncode == 0, made.stderr
+    [pkg] = [p for p in runs.iterdir() if (p / "manifest.json").exists()]
+    proc = run_cli("run", str(pkg), env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "ran on the CPU" in line]
+    assert lines == [f"{pkg.name}: ran on the CPU: it asked for 1 GPU(s) and none was available "
+                     "(gpu.allow_cpu=true let it fall back)"], proc.stderr

@@ -12,12 +12,15 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from rich.console import Console
 
 from expflow import __version__
 from expflow.errors import ExpflowError, PackageError
+
+if TYPE_CHECKING:
+    from expflow.package import SavePackage
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -63,6 +66,7 @@ def cmd_continue(args: argparse.Namespace) -> int:
     # Through run_package: the run leases its GPUs like any train job (waiting as QUEUED).
     result = run_package(pkg, resume=resume, from_snapshot=not args.working_tree, completed=True)
     Console().print(f"[green]{pkg.run_id} COMPLETED[/]")
+    say_cpu_fallback(pkg)
     for k, v in sorted(result.metrics.items()):
         Console().print(f"  {k} = {v:.6g}")
     return 0
@@ -102,7 +106,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     pkg = SavePackage.open(args.package)
     result = run_package(pkg, from_snapshot=not args.working_tree)
     print(f"{pkg.run_id}: {result.status.value}")
+    say_cpu_fallback(pkg)
     return 0
+
+
+def say_cpu_fallback(pkg: SavePackage) -> None:
+    """One line on stderr when the run asked for GPUs and trained on the CPU."""
+    from expflow.summary import fallback_note
+
+    note = fallback_note(pkg)
+    if note:
+        print(f"{pkg.run_id}: {note}", file=sys.stderr)
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:

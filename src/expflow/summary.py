@@ -222,6 +222,14 @@ def cpu_fallback_line(summary: dict[str, Any]) -> str | None:
     return None
 
 
+def fallback_note(pkg: SavePackage) -> str | None:
+    """The CPU fallback line of a package that has run (None when it did not fall back)."""
+    m = pkg.manifest()
+    gpu_count, trainer_device = _asked_devices(pkg)
+    return cpu_fallback_line({"device": m.get("device"), "gpus": m.get("gpus"), "gpu_count": gpu_count,
+                              "trainer_device": trainer_device})
+
+
 def trained_text(summary: dict[str, Any]) -> str:
     """Time spent training (the sum of its attempts), and since its first start where that differs."""
     from expflow.status_board import duration_text, training_seconds
