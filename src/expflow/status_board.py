@@ -183,13 +183,11 @@ def cpu_fallback(device: Any, gpus: Any, gpu_count: int, trainer_device: Any) ->
 
 
 def _records_summary(path: Path) -> dict[str, Any]:
-    from expflow.package import effective_metrics, scan_records
+    from expflow.package import effective_metrics, last_values, scan_records
 
-    records = effective_metrics(scan_records(path).records)
-    last: dict[str, float] = {}
-    for r in records:
-        last.update(r["values"])
-    return {"last": last, "step": int(records[-1]["step"]) if records else 0}
+    records = scan_records(path).records
+    effective = effective_metrics(records)
+    return {"last": last_values(records), "step": int(effective[-1]["step"]) if effective else 0}
 
 
 def read_config(path: Path) -> dict[str, Any]:

@@ -117,8 +117,10 @@ def output_console() -> Console:
 
 
 def render_summary(summary: dict[str, Any], pkg: SavePackage, console: Console) -> None:
+    from expflow.status_board import STATUS_STYLE
+
     status = summary["status"]
-    color = {"COMPLETED": "green", "CRASHED": "red", "RUNNING": "cyan"}.get(status, "yellow")
+    color = STATUS_STYLE.get(status, "yellow")
     shown_status = f"{status} (not started)" if summary.get("pending") else status
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold", no_wrap=True)
