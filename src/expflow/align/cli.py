@@ -39,9 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_align(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from expflow.align.pipeline import WorkflowRuns, run_alignment, summary_error
+    from expflow.align import rerun
     from expflow.align.spec import find_spec, load_spec
 
     spec_path = Path(args.spec) if args.spec else find_spec()
@@ -52,21 +50,69 @@ def cmd_align(args: argparse.Namespace) -> int:
     workflow = None
     if args.workflow_runs:
         ids = [r for r in args.run_ids.split(",") if r]
-        workflow = WorkflowRuns(Path(args.workflow_runs), ids)
+        workflow = _workflow(Path(args.workflow_runs), ids)
+    options = {"plots": not args.no_plots, "tracker": not args.no_tracker, "strict": args.strict, "cache": args.cache}
+    key = rerun.run_key(spec_path, args.overrides, options, plan, workflow)
+    last = rerun.load_unchanged(out, key)
+    if last is not None:  # nothing changed: nothing is read, aligned or written
+        _print_last(out, last)
+        return _exit(last)
+    return _run(plan, out, args, workflow, key)
+
+
+def _workflow(runs_dir: Path, ids: list[str]) -> object:
+    from expflow.align.pipeline import WorkflowRuns
+
+    return WorkflowRuns(runs_dir, ids)
+
+
+def _run(plan: object, out: Path, args: argparse.Namespace, workflow: object, key: str | None) -> int:
+    from rich.console import Console
+
+    from expflow.align import rerun
+    from expflow.align.pipeline import run_alignment, summary_error
+
     result = run_alignment(
-        plan,
+        plan,  # type: ignore[arg-type]
         out,
         cache_dir=args.cache,
-        workflow=workflow,
+        workflow=workflow,  # type: ignore[arg-type]
         plots=not args.no_plots,
         tracker=not args.no_tracker,
         console=Console(),
         strict=args.strict,
     )
-    print(f"aligned {len(result.table):,} points into {out}")
+    summary = f"aligned {len(result.table):,} points into {out}"
+    print(summary)
     for warning in result.warnings:
         print(f"expflow: warning: {warning}", file=sys.stderr)
     error = summary_error(result)
+    rerun.save(out, key, rerun.tree_files(out), summary, error.exit_code if error else 0,
+               error.one_line() if error else None, result.warnings)
     if error is not None:
         raise error
+    return 0
+
+
+def _print_last(out: Path, last: dict) -> None:
+    import json
+
+    from rich.console import Console
+
+    from expflow.align.check import FrameworkCheck, render_check
+
+    report = json.loads((out / "check.json").read_text())
+    checks = [FrameworkCheck(**{k: v for k, v in c.items() if k in FrameworkCheck.__dataclass_fields__})
+              for c in report["frameworks"].values()]
+    render_check(checks, report["aligned_metrics"], Console())
+    print(f"{last['summary']} (unchanged: no source, spec or option changed since the last run; nothing written)")
+    for warning in last.get("warnings") or []:
+        print(f"expflow: warning: {warning}", file=sys.stderr)
+
+
+def _exit(last: dict) -> int:
+    if last.get("exit_code"):
+        from expflow.align.pipeline import SourceFailures
+
+        raise SourceFailures(last["error"])
     return 0

@@ -10,7 +10,6 @@ experiments (``swanlab/``). The cache defaults to ``out/cache``.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from rich.console import Console
 from expflow.align.aligned import align_framework
 from expflow.align.cache import SourceCache
 from expflow.align.check import ERROR, FrameworkCheck, check_framework, check_report, render_check
-from expflow.align.sources import Source, SourceError, make_source, notes_of, reason
+from expflow.align.sources import Source, SourceError, for_workflow, make_source, notes_of, reason
 from expflow.align.spec import Plan
 from expflow.align.tracker import check_target, write_experiments
 from expflow.atomic import atomic_write, atomic_write_json, atomic_write_text
@@ -92,7 +91,7 @@ def run_alignment(
         # Anything wrong with one framework's source (a bad id, an unreadable file) fails
         # that framework alone: the others are aligned and the exit status says so.
         try:
-            source = make_source(_for_workflow(fw.source, workflow))
+            source = make_source(for_workflow(fw.source, workflow))
             instances = source.instances()
         except (SourceError, OSError) as e:
             result.checks.append(FrameworkCheck(fw.name, fw.name, _describe(fw.source), status=ERROR, error=_one_line(e)))
@@ -154,15 +153,6 @@ def _one_line(e: BaseException) -> str:
     if isinstance(e, SourceError):
         return e.one_line()
     return f"{getattr(e, 'filename', '') or ''}: {reason(e)}".lstrip(": ")
-
-
-def _for_workflow(spec: Any, workflow: WorkflowRuns | None) -> Any:
-    """An expflow source on the workflow's runs directory aligns the workflow's runs."""
-    if workflow is None or spec.kind != "expflow" or spec.runs is not None or spec.path is None:
-        return spec
-    if Path(spec.path).resolve() != workflow.runs_dir.resolve():
-        return spec
-    return dataclasses.replace(spec, runs=list(workflow.run_ids))
 
 
 def _load(source: Source, label: str, cache: SourceCache, console: Console, file: str | None = None) -> tuple[Any, bool]:

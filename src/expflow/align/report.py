@@ -2,18 +2,23 @@
 self-contained HTML page holding all of them (images inlined) and the check table.
 
 Matplotlib is used through ``Figure`` and the Agg canvas directly, so aligning never
-changes the caller's pyplot backend.
+changes the caller's pyplot backend. One figure is reused for every plot, many plots are
+drawn in parallel processes, and only plots whose data changed are drawn again.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
+import json
+import os
 import re
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from expflow.align.check import ERROR, OK, FrameworkCheck
@@ -32,30 +37,94 @@ def plot_name(metric: str, taken: set[str]) -> str:
     return f"{name}.png"
 
 
+STYLE = "expflow.align.plot/2"  # part of every plot's digest: a new style redraws them
+INDEX = "index.json"
+WORKERS = 4  # processes drawing plots at most (and never more than the CPUs)
+PARALLEL_FROM = 12  # fewer plots to draw than this: drawn in this process
+
+
+def metric_series(table: pd.DataFrame, metric: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(framework, steps, values) of ``metric``, one per framework that has it."""
+    rows = table[table["metric"] == metric]
+    return [(str(fw), part["step"].to_numpy(np.int64), part["value"].to_numpy(np.float64))
+            for fw, part in rows.groupby("framework", observed=True, sort=True)]
+
+
+def series_digest(metric: str, series: list[tuple[str, np.ndarray, np.ndarray]]) -> str:
+    h = hashlib.sha256(f"{STYLE}\0{metric}".encode())
+    for fw, steps, values in series:
+        h.update(f"\0{fw}\0".encode())
+        h.update(steps.tobytes())
+        h.update(values.tobytes())
+    return h.hexdigest()
+
+
+class _Plotter:
+    """One figure and axes reused for every plot (a new figure and a layout pass per plot
+    cost more than drawing the lines); fixed margins instead of ``tight_layout``."""
+
+    def __init__(self) -> None:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        self.fig = Figure(figsize=(7.5, 4.0), dpi=100)
+        self.canvas = FigureCanvasAgg(self.fig)
+        self.fig.subplots_adjust(left=0.09, right=0.98, top=0.92, bottom=0.12)
+        self.ax = self.fig.add_subplot(1, 1, 1)
+
+    def render(self, metric: str, series: list[tuple[str, np.ndarray, np.ndarray]]) -> bytes:
+        from io import BytesIO
+
+        ax = self.ax
+        ax.clear()
+        for fw, steps, values in series:
+            ax.plot(steps, values, label=fw, linewidth=1.2)
+        if not series:
+            ax.text(0.5, 0.5, "no framework logged it", ha="center", va="center", transform=ax.transAxes)
+        elif len(series) <= MAX_LEGEND:
+            ax.legend(loc="upper right", fontsize=8)
+        ax.set_title(metric)
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+        out = BytesIO()
+        self.canvas.print_png(out)
+        return out.getvalue()
+
+
+_PLOTTER: _Plotter | None = None
+
+
+def _render_batch(jobs: list[tuple[str, list[tuple[str, np.ndarray, np.ndarray]]]]) -> list[bytes]:
+    global _PLOTTER
+    if _PLOTTER is None:
+        _PLOTTER = _Plotter()
+    return [_PLOTTER.render(m, series) for m, series in jobs]
+
+
 def render_plot(table: pd.DataFrame, metric: str) -> bytes:
     """A PNG of ``metric``: one line per framework; an empty axes says no framework has it."""
-    from io import BytesIO
+    return _render_batch([(metric, metric_series(table, metric))])[0]
 
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7.5, 4.0), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    rows = table[table["metric"] == metric]
-    for framework, part in rows.groupby("framework", observed=True, sort=True):
-        ax.plot(part["step"].to_numpy(), part["value"].to_numpy(), label=str(framework), linewidth=1.2)
-    if rows.empty:
-        ax.text(0.5, 0.5, "no framework logged it", ha="center", va="center", transform=ax.transAxes)
-    elif rows["framework"].nunique() <= MAX_LEGEND:
-        ax.legend(loc="best", fontsize=8)
-    ax.set_title(metric)
-    ax.set_xlabel("step")
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    out = BytesIO()
-    fig.savefig(out, format="png")
-    return out.getvalue()
+def render_plots(jobs: list[tuple[str, list[tuple[str, np.ndarray, np.ndarray]]]]) -> list[bytes]:
+    """PNGs for ``jobs``; many are drawn in parallel processes, where there are CPUs."""
+    workers = min(WORKERS, os.cpu_count() or 1, max(1, len(jobs) // (PARALLEL_FROM // 2)))
+    if len(jobs) < PARALLEL_FROM or workers < 2:
+        return _render_batch(jobs)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    try:
+        ctx = multiprocessing.get_context("fork")
+    except ValueError:
+        return _render_batch(jobs)
+    chunks = [jobs[i::workers] for i in range(workers)]
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        parts = list(pool.map(_render_batch, chunks))
+    out: list[bytes] = [b""] * len(jobs)
+    for i, part in enumerate(parts):
+        out[i::workers] = part
+    return out
 
 
 def write_report(
@@ -66,19 +135,50 @@ def write_report(
     *,
     title: str,
 ) -> dict[str, Path]:
-    """plots/<metric>.png for each aligned metric, and report.html; returns what it wrote."""
+    """plots/<metric>.png for each aligned metric, and report.html; returns the paths. Only
+    plots whose series changed are drawn (``plots/index.json`` keeps each one's digest), and
+    the page is rewritten only when a plot or the check changed."""
     plots_dir = out / "plots"
+    try:
+        index = json.loads((plots_dir / INDEX).read_text())
+    except (OSError, ValueError):
+        index = {}
     taken: set[str] = set()
     written: dict[str, Path] = {}
-    images: list[tuple[str, bytes]] = []
+    pngs: dict[str, bytes] = {}
+    todo: list[tuple[str, list]] = []
+    digests: dict[str, str] = {}
     for metric in aligned_metrics:
-        png = render_plot(table, metric)
         path = plots_dir / plot_name(metric, taken)
-        atomic_write_bytes(path, png)
         written[metric] = path
-        images.append((metric, png))
+        series = metric_series(table, metric)
+        digests[metric] = series_digest(metric, series)
+        old = index.get(metric) or {}
+        if old.get("digest") == digests[metric] and old.get("file") == path.name:
+            try:
+                pngs[metric] = path.read_bytes()
+                continue
+            except OSError:
+                pass
+        todo.append((metric, series))
+    for (metric, _), png in zip(todo, render_plots(todo), strict=True):
+        atomic_write_bytes(written[metric], png)
+        pngs[metric] = png
+    new_index = {m: {"file": written[m].name, "digest": digests[m]} for m in aligned_metrics}
+    if new_index != index:
+        plots_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(plots_dir / INDEX, json.dumps(new_index, indent=1))
     page = out / "report.html"
-    atomic_write_text(page, _html(title, images, checks, len(aligned_metrics)))
+    page_digest = hashlib.sha256(json.dumps([title, [new_index[m]["digest"] for m in aligned_metrics],
+                                             [{k: v for k, v in c.to_json().items() if k != "from_cache"} for c in checks]], default=str).encode()).hexdigest()
+    marker = f"<!-- expflow.align.report {page_digest} -->"
+    try:
+        same = marker in page.read_text()
+    except OSError:
+        same = False
+    if not same:
+        images = [(m, pngs[m]) for m in aligned_metrics]
+        atomic_write_text(page, _html(title, images, checks, len(aligned_metrics)).replace("<html>", f"<html>{marker}", 1))
     written["report.html"] = page
     return written
 

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,7 @@ def write_experiments(
     except (OSError, ValueError):
         state = {}
     result: dict[str, dict[str, Any]] = {}
+    jobs: list[tuple[str, str, str, str]] = []  # label, name, digest, id
     for label, table in tables.items():
         name = names[label]
         digest = table_digest(table)
@@ -86,13 +87,45 @@ def write_experiments(
             continue
         if old_dir is not None and old_dir.exists():
             shutil.rmtree(old_dir)  # the framework's previous run: replaced, never duplicated
-        run_dir = _log_experiment(table, target, name, exp_id, log_dir)
+        jobs.append((label, name, digest, exp_id))
+    for (label, name, digest, exp_id), run_dir in zip(jobs, _log_all(tables, jobs, target, log_dir), strict=True):
         entry = {"id": exp_id, "name": name, "project": target.project, "mode": target.mode, "digest": digest,
                  "dir": run_dir.name if run_dir else None}
         state[label] = entry
         atomic_write_json(state_path, state)  # after each one: an interrupted run loses nothing done
         result[label] = {**entry, "status": "written"}
     return result
+
+
+def _log_all(tables: Mapping[str, pd.DataFrame], jobs: list[tuple[str, str, str, str]], target: Any,
+             log_dir: Path) -> Iterator[Path | None]:
+    """Each job's experiment, in job order. SwanLab keeps one run per process, so several
+    experiments are written by parallel processes where there are CPUs for them."""
+    args = [(tables[label], target, name, exp_id, log_dir) for label, name, _, exp_id in jobs]
+    workers = min(len(args), os.cpu_count() or 1, 4)
+    if workers < 2 or target.mode != "offline":
+        for a in args:
+            yield _log_experiment(*a)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        yield from pool.map(_log_experiment_args, args)
+
+
+def _log_experiment_args(args: tuple[Any, ...]) -> Path | None:
+    return _log_experiment(*args)
+
+
+def _quiet_settings(swanlab: Any) -> Any:
+    """No environment probe: the experiment holds aligned data, not this machine's pip list,
+    git state or hardware (collecting them takes ~1.3 s per experiment, a ``pip list``)."""
+    try:
+        return swanlab.Settings(probe={"hardware": False, "runtime": False, "requirements": False,
+                                       "conda": False, "git": False, "monitor": False})
+    except Exception:  # another swanlab version: its defaults
+        return None
 
 
 def _log_experiment(table: pd.DataFrame, target: Any, name: str, exp_id: str, log_dir: Path) -> Path | None:
@@ -114,6 +147,7 @@ def _log_experiment(table: pd.DataFrame, target: Any, name: str, exp_id: str, lo
         run = swanlab.init(
             mode=mode,
             log_dir=str(log_dir),
+            settings=_quiet_settings(swanlab),
             project=target.project,
             workspace=target.workspace,
             name=name,

@@ -24,12 +24,12 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from expflow.errors import AlignError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 T = TypeVar("T")
 
@@ -63,6 +63,9 @@ class RawRun:
 
 
 def points_frame(metrics: Iterable[str], rows: Iterable[int], values: Iterable[float]) -> pd.DataFrame:
+    import numpy as np
+    import pandas as pd
+
     return pd.DataFrame(
         {
             "metric": pd.Categorical(list(metrics)),
@@ -79,6 +82,9 @@ def merge_runs(runs: list[RawRun]) -> RawRun:
     lists what was read, in that order."""
     if len(runs) == 1:
         return runs[0]
+    import numpy as np
+    import pandas as pd
+
     parts, step_keys, files = [], {}, []
     info: dict[str, Any] = {}
     for i, run in enumerate(runs):
@@ -331,6 +337,18 @@ def _kinds() -> dict[str, type[Source]]:
 
 
 SOURCE_KINDS: dict[str, type[Source]] = _kinds()
+
+
+def for_workflow(spec: Any, workflow: Any) -> Any:
+    """An expflow source on the workflow's runs directory (``workflow.runs_dir``) aligns the
+    workflow's runs (``workflow.run_ids``)."""
+    import dataclasses
+
+    if workflow is None or spec.kind != "expflow" or spec.runs is not None or spec.path is None:
+        return spec
+    if Path(spec.path).resolve() != Path(workflow.runs_dir).resolve():
+        return spec
+    return dataclasses.replace(spec, runs=list(workflow.run_ids))
 
 
 def make_source(spec: Any) -> Source:

@@ -11,9 +11,7 @@ step column is ``step`` unless the spec names another (``step_column``).
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from expflow.align.sources import (
     NOTES,
@@ -24,8 +22,15 @@ from expflow.align.sources import (
     reason,
 )
 
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
 
 def read_csv(path: Path, step_column: str = "step") -> RawRun:
+    import numpy as np
+    import pandas as pd
+
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)  # cells as written: "-" is not silently a column's fate
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
@@ -70,6 +75,9 @@ def _numbers(cells: pd.Series, where: str, notes: list[str], per: pd.Series | No
     """A column's cells as floats: empty cells and ``nan`` are missing points, other cells
     that are not numbers are missing values too, counted in ``notes`` (per metric in the
     long form). A column without a single number (text) is no metric: None."""
+    import numpy as np
+    import pandas as pd
+
     text = cells.str.strip()
     values = pd.to_numeric(text, errors="coerce").to_numpy(np.float64)
     empty = (text == "").to_numpy() | text.str.lower().isin(["nan", "na", "null", "none"]).to_numpy()

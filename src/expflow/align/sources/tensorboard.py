@@ -18,8 +18,7 @@ with event files each prefix their metrics with the directory's relative path.
 from __future__ import annotations
 
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from expflow.align.sources import (
     FileSource,
@@ -30,6 +29,9 @@ from expflow.align.sources import (
     reason,
     require_path,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 EVENT_GLOB = "*tfevents*"
 

@@ -34,7 +34,6 @@ from expflow.align.sources import (
     require_path,
     some,
 )
-from expflow.align.steps import assign_groups
 
 HEADER = struct.Struct("<4sHB")
 HEADER_IDENT, HEADER_MAGIC, HEADER_VERSION = b":W&B", 0xBEE1, 0
@@ -249,6 +248,8 @@ class WandbCloudSource(CloudSource):
         return digest(self.spec.run_path, *self.call(lambda: (run.state, getattr(run, "heartbeat_at", None), run.lastHistoryStep)))
 
     def read(self) -> RawRun:
+        from expflow.align.steps import assign_groups
+
         run = self._run()
         keys = sorted(k for k in self.call(lambda: (run.history_keys or {}).get("keys", {})) if not k.startswith("_"))
         # The cloud run does not tell its define_metric groups: the seed's groups apply
