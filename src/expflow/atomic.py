@@ -75,6 +75,26 @@ def _write_error(error: OSError, path: Path) -> OSError:
     return write_error(error, path)
 
 
+def write_unpublished(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` in place and fsync it, without the temp file, the rename
+    and the directory fsync of :func:`atomic_write`: for a file nobody reads before a later
+    atomic write publishes it (a save-package's files before its manifest exists, whose
+    directory fsync then covers their names too). A failed write raises
+    :class:`expflow.paths.WriteError` naming ``path``."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _FILE_MODE)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise _write_error(e, path) from None
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
 

@@ -23,7 +23,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, fields
+from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,14 +31,14 @@ from typing import Any
 import yaml
 from filelock import FileLock
 
-from expflow.atomic import atomic_write_json, atomic_write_text
+from expflow.atomic import atomic_write_json, atomic_write_text, write_unpublished
 from expflow.errors import CheckpointError, ExpflowError, PackageError
 from expflow.package import shapes
 from expflow.package.checkpoints import CheckpointStore, RetentionPolicy
 from expflow.package.codestore import CodeFile, CodeStore, code_fingerprint, link_or_copy
 from expflow.package.records import RecordScan, RecordWriter, scan_records
 from expflow.package.status import Status, derive_status, is_claim, process_identity
-from expflow.package.versions import environment_versions, git_state
+from expflow.package.versions import GitProbe, environment_versions
 from expflow.paths import translate_write_errors
 
 FORMAT = "expflow.package/1"
@@ -48,11 +48,12 @@ MANIFEST = "manifest.json"
 def dump_config(config: dict[str, Any]) -> str:
     """A resolved config as YAML that OmegaConf reads back as written: a string its loader
     would take for a number (``6099e1067548``, a run id, is a float to OmegaConf though not to
-    PyYAML) is quoted. PyYAML writes it ~20x faster than an OmegaConf round trip."""
+    PyYAML) is quoted. PyYAML (its C emitter where built) writes it ~20x faster than an
+    OmegaConf round trip."""
     return yaml.dump(config, Dumper=_ConfigDumper, sort_keys=False, allow_unicode=True)
 
 
-class _ConfigDumper(yaml.SafeDumper):
+class _ConfigDumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
     _resolver: Any = None
 
     def represent_str(self, data: str) -> yaml.ScalarNode:  # type: ignore[override]
@@ -63,7 +64,7 @@ class _ConfigDumper(yaml.SafeDumper):
             resolver = _ConfigDumper._resolver = get_yaml_loader()("")
         if resolver.resolve(yaml.ScalarNode, data, (True, False)) != "tag:yaml.org,2002:str":
             return self.represent_scalar("tag:yaml.org,2002:str", data, style="'")
-        return super().represent_str(data)
+        return yaml.representer.SafeRepresenter.represent_str(self, data)
 
 
 _ConfigDumper.add_representer(str, _ConfigDumper.represent_str)
@@ -179,6 +180,7 @@ class SavePackage:
                 from expflow.package import codestore
 
                 root = Path(code_root or ".").resolve()
+                probe = GitProbe(root)  # runs beside the snapshot
                 entries = code_store.snapshot(
                     root,
                     pkg.code_dir,
@@ -186,10 +188,12 @@ class SavePackage:
                     exclude=code_exclude or codestore.DEFAULT_EXCLUDE,
                     skip_dirs=[pkg.path.parent, code_store.root],
                 )
-                git = git_state(root)
-            atomic_write_json(pkg.code_listing_path, [asdict(e) for e in entries])
+                git = probe.result()
+            # Files of a package nobody reads before its manifest exists: written in place and
+            # fsync'd; the manifest's atomic write (its directory fsync included) publishes them.
+            write_unpublished(pkg.code_listing_path, (json.dumps([vars(e) for e in entries], indent=2) + "\n").encode())
             # Already resolved plain data: PyYAML writes it ~20x faster than an OmegaConf round trip.
-            atomic_write_text(pkg.config_path, dump_config(config))
+            write_unpublished(pkg.config_path, dump_config(config).encode("utf-8"))
             for name, text in (hydra_files or {}).items():
                 atomic_write_text(pkg.hydra_dir / name, text)
             code_fp = code_fingerprint(entries)

@@ -18,20 +18,42 @@ TRACKED_DISTRIBUTIONS = (
 
 def git_state(root: str | Path) -> dict[str, Any] | None:
     """Commit and dirty flag of the repository holding ``root``, or None outside git."""
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(
-                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return out.stdout if out.returncode == 0 else None
+    return GitProbe(root).result()
 
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
-        return None if git("rev-parse", "--git-dir") is None else {"commit": None, "dirty": True}
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit.strip(), "dirty": bool(status and status.strip())}
+
+class GitProbe:
+    """:func:`git_state`, started now and read later: one ``git status --porcelain=v2
+    --branch`` (the commit is its ``branch.oid`` line) runs while the caller goes on, e.g.
+    while a code snapshot is taken."""
+
+    def __init__(self, root: str | Path):
+        try:
+            self._proc: subprocess.Popen[str] | None = subprocess.Popen(
+                ["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
+                cwd=root, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            )
+        except OSError:  # no git, or root is gone
+            self._proc = None
+
+    def result(self, timeout: float = 10) -> dict[str, Any] | None:
+        if self._proc is None:
+            return None
+        try:
+            out, _ = self._proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.communicate()
+            return None
+        if self._proc.returncode != 0:  # not a repository (or git failed)
+            return None
+        commit, dirty = None, False
+        for line in out.splitlines():
+            if line.startswith("# branch.oid "):
+                oid = line[len("# branch.oid "):].strip()
+                commit = None if oid == "(initial)" else oid
+            elif line and not line.startswith("#"):
+                dirty = True
+        return {"commit": commit, "dirty": dirty or commit is None}
 
 
 def environment_versions() -> dict[str, Any]:
