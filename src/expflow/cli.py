@@ -179,8 +179,8 @@ COMMAND_HELP: dict[str, tuple[str, str]] = {
         rule calls this.
 
         Examples:
-          expflow materialize --runs runs -- optim.lr=3e-3 seed=1
-          expflow run "$(ls -d runs/*/ | head -n 1)"      # then train it""",
+          expflow materialize --runs runs -- optim.lr=3e-3 seed=1   # prints runs/<run_id>: ... (QUEUED)
+          expflow materialize --config-dir conf -- model=cnn +freq=smoke""",
     ),
     "run": (
         "Train a package to the end, leasing its GPUs (a package that crashed continues from its last checkpoint).",
@@ -216,8 +216,9 @@ COMMAND_HELP: dict[str, tuple[str, str]] = {
     "align": (
         "Align the metrics of several frameworks (VERL, ROLL, SLIME, expflow) onto one naming, and check them.",
         """Reads the alignment spec and each framework's metrics it names (SwanLab, W&B, TensorBoard,
-        CSV, expflow packages); writes into --out: aligned.parquet and aligned.csv, check.json, plots
-        with an HTML page, a cache of the sources, and one tracker experiment per framework.
+        CSV, expflow packages); writes into --out (default outputs/align/<spec name>): aligned.parquet
+        and aligned.csv, check.json, plots with an HTML page, a cache of the sources; and one tracker
+        experiment per framework.
 
         Examples:
           expflow align conf/align/example.yaml
