@@ -25,7 +25,7 @@ from expflow.align.check import ERROR, FrameworkCheck, check_framework, check_re
 from expflow.align.sources import Source, SourceError, for_workflow, make_source, notes_of, reason
 from expflow.align.spec import Plan
 from expflow.align.tracker import check_target, write_experiments
-from expflow.atomic import atomic_write, atomic_write_json, atomic_write_text
+from expflow.atomic import atomic_write, atomic_write_json
 from expflow.errors import AlignError
 
 COLUMNS = ["framework", "metric", "step", "value"]
@@ -186,8 +186,23 @@ def _write_tables(table: pd.DataFrame, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     parquet, csv = out / "aligned.parquet", out / "aligned.csv"
     atomic_write(parquet, lambda f: table.to_parquet(f, index=False))
-    atomic_write_text(csv, table.to_csv(index=False))
+    atomic_write(csv, lambda f: _to_csv(table, f))
     return {"aligned.parquet": parquet, "aligned.csv": csv}
+
+
+def _to_csv(table: pd.DataFrame, f: Any) -> None:
+    """Arrow's CSV writer (several times pandas' speed; floats written to round-trip), or
+    pandas' where a name needs quoting."""
+    names = [*table["framework"].astype(str).unique(), *table["metric"].astype(str).unique()]
+    if any(ch in n for n in names for ch in ',"\r\n'):
+        f.write(table.to_csv(index=False).encode())
+        return
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    f.write((",".join(COLUMNS) + "\n").encode())
+    arrow = pa.Table.from_pandas(table[COLUMNS].astype({"framework": str, "metric": str}), preserve_index=False)
+    pacsv.write_csv(arrow, f, pacsv.WriteOptions(include_header=False, quoting_style="none"))
 
 
 def summary_error(result: AlignResult) -> SourceFailures | None:

@@ -60,8 +60,9 @@ def series_digest(metric: str, series: list[tuple[str, np.ndarray, np.ndarray]])
 
 
 class _Plotter:
-    """One figure and axes reused for every plot (a new figure and a layout pass per plot
-    cost more than drawing the lines); fixed margins instead of ``tight_layout``."""
+    """One figure, axes and set of lines reused for every plot: a new figure, a cleared axes
+    (its ticks rebuilt) or a layout pass per plot cost more than drawing the lines. Fixed
+    margins instead of ``tight_layout``."""
 
     def __init__(self) -> None:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -71,21 +72,45 @@ class _Plotter:
         self.canvas = FigureCanvasAgg(self.fig)
         self.fig.subplots_adjust(left=0.09, right=0.98, top=0.92, bottom=0.12)
         self.ax = self.fig.add_subplot(1, 1, 1)
+        self.ax.set_xlabel("step")
+        self.ax.grid(True, alpha=0.3)
+        self.empty = self.ax.text(0.5, 0.5, "no framework logged it", ha="center", va="center",
+                                  transform=self.ax.transAxes, visible=False)
+        self.lines: list = []
+        self.legend_labels: tuple[str, ...] | None = None
 
     def render(self, metric: str, series: list[tuple[str, np.ndarray, np.ndarray]]) -> bytes:
         from io import BytesIO
 
         ax = self.ax
-        ax.clear()
-        for fw, steps, values in series:
-            ax.plot(steps, values, label=fw, linewidth=1.2)
-        if not series:
-            ax.text(0.5, 0.5, "no framework logged it", ha="center", va="center", transform=ax.transAxes)
-        elif len(series) <= MAX_LEGEND:
-            ax.legend(loc="upper right", fontsize=8)
+        colors = [f"C{i}" for i in range(10)]
+        for i, (fw, steps, values) in enumerate(series):
+            if i == len(self.lines):
+                (line,) = ax.plot([], [], linewidth=1.2)
+                self.lines.append(line)
+            line = self.lines[i]
+            line.set_data(steps, values)
+            line.set_label(fw)
+            line.set_color(colors[i % len(colors)])
+            line.set_visible(True)
+        for line in self.lines[len(series):]:
+            line.set_visible(False)
+            line.set_data([], [])
+        self.empty.set_visible(not series)
+        labels = tuple(fw for fw, _, _ in series)
+        if labels != self.legend_labels:
+            if ax.get_legend() is not None:
+                ax.get_legend().remove()
+            if series and len(series) <= MAX_LEGEND:
+                ax.legend(handles=self.lines[: len(series)], labels=list(labels), loc="upper right", fontsize=8)
+            self.legend_labels = labels
+        ax.relim(visible_only=True)
+        if series:
+            ax.autoscale_view()
+        else:
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
         ax.set_title(metric)
-        ax.set_xlabel("step")
-        ax.grid(True, alpha=0.3)
         out = BytesIO()
         self.canvas.print_png(out)
         return out.getvalue()
