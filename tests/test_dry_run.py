@@ -50,7 +50,8 @@ def test_dry_run_and_lint_change_no_file(tmp_path, monkeypatch):
         "sync": {"target": "swanlab", "uri": "http://127.0.0.1:9", "project": "wf"},
     }
     proj = make_project(tmp_path, workflow)
-    # No SwanLab key: both syncs are deferred, and their markers say so.
+    # No SwanLab key: both syncs are deferred, and their markers say so. No bytecode caches:
+    # Python's own __pycache__ of the project's src/ is not something the workflow writes.
     env = {"SWANLAB_ROOT": str(tmp_path / "swanlab-root"), "EXPFLOW_SECRETS_DIR": str(tmp_path / "secrets"),
            "PYTHONDONTWRITEBYTECODE": "1"}
     proc = snakemake(proj, "--cores", "2", env=env)
