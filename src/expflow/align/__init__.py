@@ -6,9 +6,11 @@ puts step groups on one train-step axis (seed 002), maps names onto ``aligned_me
 (presets for VERL, ROLL, SLIME), and writes the aligned long table, a missing-metric
 check, comparison plots and one tracker experiment per framework.
 
-Modules: ``spec`` (schema, loading), ``presets``, ``credentials``, ``sources`` (one per
-kind), ``cache``, ``steps`` (step groups), ``derived``, ``aligned`` (one framework),
-``check``, ``report`` (plots, HTML), ``tracker``, ``pipeline`` (the whole run), ``cli``.
+Modules: ``spec`` (schema, loading), ``seed_dialect`` (seed 002's config.yaml),
+``presets``, ``credentials``, ``sources`` (one per kind; several files merged), ``cache``,
+``steps`` (step groups, merge rules), ``derived``, ``aligned`` (one framework), ``check``,
+``report`` (plots, HTML), ``tracker``, ``rerun`` (an unchanged re-run writes nothing),
+``pipeline`` (the whole run), ``cli``.
 """
 
 from typing import Any
