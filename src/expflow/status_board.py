@@ -214,7 +214,7 @@ def _config_summary(path: Path) -> dict[str, Any]:
 
     # A command run's epochs are its program's: trainer.max_epochs says nothing about them.
     epochs = None if is_command(cfg) else trainer.get("max_epochs")
-    gpu = cfg.get("gpu") or {}
+    gpu = cfg.get("gpu") if isinstance(cfg.get("gpu"), dict) else {}
     try:
         gpu_count = int(gpu.get("count") or 0)
     except (TypeError, ValueError):

@@ -92,7 +92,7 @@ def _asked_devices(pkg: SavePackage) -> tuple[int, str | None]:
         cfg = read_config(pkg.config_path)
     except ExpflowError:
         return 0, None
-    gpu, trainer = cfg.get("gpu") or {}, cfg.get("trainer") or {}
+    gpu, trainer = (cfg.get(k) if isinstance(cfg.get(k), dict) else {} for k in ("gpu", "trainer"))
     try:
         return int(gpu.get("count") or 0), trainer.get("device")
     except (TypeError, ValueError):
