@@ -360,3 +360,37 @@ def test_slime_steps_per_rollout_from_the_spec(tmp_path):
                    {"slime": {"source": {"kind": "wandb-offline", "path": str(root)}, "mapping": "preset:slime",
                               "steps_per_rollout": 1, "fill": "none"}})
     assert series(result, "slime", "algorithm/reward") == {r: 10.0 + r for r in range(5)}  # as logged
+
+
+# -- 10. re-runs rebuild only what changed ------------------------------------------------------
+def test_an_unchanged_rerun_writes_nothing_and_a_change_redraws_only_its_plots(tmp_path, monkeypatch):
+    from .conftest import tree_digest
+
+    monkeypatch.setenv("SWANLAB_ROOT", str(tmp_path / "swanlab-root"))
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    pd.DataFrame({"step": [0, 1, 2], "x": [1.0, 2.0, 3.0]}).to_csv(a, index=False)
+    pd.DataFrame({"step": [0, 1, 2], "y": [5.0, 6.0, 7.0]}).to_csv(b, index=False)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(json.dumps({"aligned_metrics": ["x", "y"],
+                                "frameworks": {"a": {"source": {"kind": "csv", "path": str(a)}},
+                                               "b": {"source": {"kind": "csv", "path": str(b)}}},
+                                "target": {"project": "p", "mode": "offline"}}))
+    out = tmp_path / "out"
+    first = run_cli("align", str(spec), "--out", str(out), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+
+    def mtimes():
+        return {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+
+    before, digest = mtimes(), tree_digest(out)
+    again = run_cli("align", str(spec), "--out", str(out), cwd=tmp_path)
+    assert again.returncode == 0 and "(unchanged:" in again.stdout and "[!] a: 1 of 2" in again.stdout
+    assert mtimes() == before and tree_digest(out) == digest  # nothing written
+    pd.DataFrame({"step": [0, 1, 2, 3], "y": [5.0, 6.0, 7.0, 8.0]}).to_csv(b, index=False)
+    changed = run_cli("align", str(spec), "--out", str(out), cwd=tmp_path)
+    assert changed.returncode == 0 and "(unchanged:" not in changed.stdout
+    after = mtimes()
+    assert after["plots/x.png"] == before["plots/x.png"]  # a's series is as it was
+    assert after["plots/y.png"] != before["plots/y.png"] and after["report.html"] != before["report.html"]
+    tracker = json.loads((out / "check.json").read_text())["tracker"]
+    assert tracker["a"]["status"] == "unchanged" and tracker["b"]["status"] == "written"

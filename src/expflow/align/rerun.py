@@ -31,6 +31,14 @@ def run_key(spec_path: Path, overrides: Sequence[str], options: dict[str, Any], 
     except OSError:
         return None
     h.update(json.dumps([list(overrides), options, str(spec_path.resolve())], sort_keys=True, default=str).encode())
+    # what else decides the result: preset files next to the spec, and this code itself
+    code = Path(__file__).parent
+    for f in sorted([*spec_path.parent.glob("presets/*.yaml"), *code.rglob("*.py")]):
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        h.update(f"\0{f}\0{st.st_size}\0{st.st_mtime_ns}".encode())
     try:
         for name, label, source in framework_sources(plan, workflow):
             h.update(f"\0{name}\0{label}\0{source.identity()}\0{source.fingerprint()}".encode())
