@@ -1,9 +1,10 @@
-"""Dry-run time of the workflow for 1,000- and 10,000-run sweeps, next to plain
-Snakemake's dry run of the same fan-out with trivial rules, measured in the same run.
+"""Dry-run time of the workflow for 1,000- and 10,000-run sweeps (100,000 with --sizes), next
+to plain Snakemake's dry run of a job graph of the same shape with trivial rules (the same
+jobs per run and the same terminal jobs), measured in the same run.
 
-    python benchmarks/dag_scale.py [--sizes 1000 10000]
+    python benchmarks/dag_scale.py [--sizes 1000 10000 100000]
 
-Goal: 1k runs <= 3 s, 10k <= 15 s on a 2-core machine; sweep expansion linear, <= 1 ms per run.
+Goal: at most 1.2x plain Snakemake at every size; sweep expansion linear, <= 1 ms per run.
 """
 
 from __future__ import annotations
@@ -24,21 +25,48 @@ sys.path.insert(0, str(REPO / "src"))
 
 from expflow.workflow import Planner  # noqa: E402
 
+# Plain Snakemake with trivial rules, on a job graph of the workflow's shape (its default
+# conf/workflow.yaml): per run a package, a train and one analysis job (two outputs, one per
+# script), each with a log file, plus the terminal report and `all` (which, like the workflow's,
+# asks for every train and analysis output and the report): the same jobs and edges.
 BASELINE_SNAKEFILE = """
 import os
 
 IDS = [f"{i:012x}" for i in range(int(os.environ["DAG_RUNS"]))]
+SCRIPTS = ["accuracy", "learning_curves"]
+
+wildcard_constraints:
+    run=r"[0-9a-f]{12}",
 
 rule all:
-    input: expand("out/{id}/b.txt", id=IDS)
+    input:
+        expand("runs/{run}/train.done", run=IDS),
+        [f"runs/{run}/analysis/{s}/analysis.done" for run in IDS for s in SCRIPTS],
+        "runs/report.html",
 
-rule a:
-    output: "out/{id}/a.txt"
+rule package:
+    output: "runs/{run}/config.yaml"
+    log: "runs/.workflow/logs/package/{run}.log"
     shell: "touch {output}"
 
-rule b:
-    input: rules.a.output
-    output: "out/{id}/b.txt"
+rule train:
+    input: rules.package.output
+    output: "runs/{run}/train.done"
+    log: "runs/.workflow/logs/train/{run}.log"
+    benchmark: "runs/.workflow/benchmarks/train/{run}.tsv"
+    shell: "touch {output}"
+
+rule analyze:
+    input: rules.train.output
+    output: [f"runs/{{run}}/analysis/{s}/analysis.done" for s in SCRIPTS]
+    log: "runs/.workflow/logs/analyze/{run}.log"
+    shell: "touch {output}"
+
+rule report:
+    input:
+        expand("runs/{run}/train.done", run=IDS),
+        [f"runs/{run}/analysis/{s}/analysis.done" for run in IDS for s in SCRIPTS],
+    output: "runs/report.html"
     shell: "touch {output}"
 """
 
@@ -64,7 +92,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     args = ap.parse_args()
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    goals = {1000: 3.0, 10000: 15.0}
+    goal = 1.2
     with tempfile.TemporaryDirectory(prefix="expflow-dag-") as tmp:
         tmp = Path(tmp)
         proj = tmp / "proj"
@@ -87,8 +115,7 @@ def main() -> None:
             assert len(runs) == n, len(runs)
             ours = timed([sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", "progress"], proj, env)
             plain = timed([sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", "progress"], base, dict(env, DAG_RUNS=str(n)))
-            goal = goals.get(n)
-            verdict = "" if goal is None else f"<= {goal:.0f} s: {'OK' if ours <= goal else 'ABOVE GOAL'}"
+            verdict = f"<= {goal}x: {'PASS' if ours / plain <= goal else 'MISS'}"
             print(f"{n:7d} {ours:10.2f}s {plain:8.2f}s {ours / plain:5.2f}x {expand:7.2f}s {1000 * expand / n:7.3f}  {verdict}")
 
 

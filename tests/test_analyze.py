@@ -225,3 +225,46 @@ def test_scripts_of_the_project_and_shipped_are_listed(tmp_path):
     pkg = fake_package(tmp_path / "runs", "r1")
     repo_scripts = available_scripts(Path(__file__).resolve().parents[1], pkg)
     assert {"accuracy", "learning_curves", "compare_checkpoints", "misclassified", "regression_fit"} <= set(repo_scripts)
+
+
+# -- several scripts, one analysis process ------------------------------------------------
+def test_several_scripts_run_in_one_process_and_each_failure_is_its_own(tmp_path, monkeypatch):
+    from expflow.analysis import runner
+
+    runs = tmp_path / "runs"
+    pkg = fake_package(runs, "r1", points=curve(0.8))
+    project = tmp_path / "proj"
+    (project / "analysis").mkdir(parents=True)
+    (project / "analysis" / "failing.py").write_text(FAILING)
+    (project / "analysis" / "not_applicable.py").write_text(NOT_APPLICABLE)
+    calls = []
+    real = runner._worker
+
+    def counted(cmd, *a, **k):
+        calls.append(cmd)
+        return real(cmd, *a, **k)
+
+    monkeypatch.setattr(runner, "_worker", counted)
+    records = runner.run_analyses(pkg, ["learning_curves", "not_applicable", "learning_curves"],
+                                  project_dir=project, working_tree=True)
+    assert len(calls) == 1  # one interpreter for all of them (the repeated name runs once)
+    assert [r["script"] for r in records] == ["learning_curves", "not_applicable"]
+    assert records[0]["applicable"] and not records[1]["applicable"]
+    assert results(pkg, "learning_curves")["val/acc"]["last"] == pytest.approx(0.8)
+
+    # A failing script does not stop the ones after it; the error names it alone.
+    shutil.rmtree(pkg.analysis_dir / "learning_curves")
+    calls.clear()
+    with pytest.raises(runner.AnalysisError, match=r"analysis failing of .* failed \(exit code 1\)"):
+        runner.run_analyses(pkg, ["failing", "learning_curves"], project_dir=project, working_tree=True)
+    assert len(calls) == 1
+    assert record(pkg, "learning_curves")["script"] == "learning_curves"  # ran after the failure
+    assert not (pkg.analysis_dir / "failing").exists()
+    assert "ZeroDivisionError" in (pkg.logs_dir / "analysis-failing.err").read_text()
+
+    # On the command line: one line for the failing script, exit status 1, the others' results kept.
+    shutil.rmtree(pkg.analysis_dir / "learning_curves")
+    proc = run_cli("analyze", str(pkg.path), "failing", "learning_curves", "--project", str(project))
+    assert_one_line_error(proc, "analysis failing of", "ZeroDivisionError: no luck")
+    assert "analysis learning_curves ->" in proc.stdout
+    assert results(pkg, "learning_curves")["val/acc"]["last"] == pytest.approx(0.8)

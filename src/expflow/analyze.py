@@ -13,8 +13,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from expflow.config.numbers import int_option
 
     p.add_argument("package", help="the save-package directory (runs/<run_id>)")
-    p.add_argument("script", nargs="?", default=None,
-                   help="the script's name (or script=<name>, or a path to a .py file); see --list")
+    p.add_argument("script", nargs="*", default=[],
+                   help="the scripts' names (or script=<name>, or paths to .py files), run one after the other "
+                        "in one analysis process; see --list")
     p.add_argument("--checkpoint", type=int_option(0), default=None, metavar="STEP",
                    help="analyze the checkpoint at this step (default: the latest)")
     p.add_argument("--gpus", type=int_option(0), default=None, metavar="N",
@@ -39,32 +40,33 @@ def run_command(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from expflow.analysis import available_scripts, headline, run_analysis
+    from expflow.analysis import available_scripts, headline, run_analyses
     from expflow.errors import ExpflowError
     from expflow.package import SavePackage
 
     pkg = SavePackage.open(args.package)
-    if args.list or args.script is None:
+    if args.list or not args.script:
         scripts = available_scripts(args.project, pkg)
         if not args.list:
             raise ExpflowError(f"name a script to run; valid: {', '.join(sorted(scripts))}")
         for name, ref in sorted(scripts.items()):
             print(f"{name:24} {ref.origin:9} {ref.describe()}")
         return 0
-    script = args.script.removeprefix("script=")
+    names = [script.removeprefix("script=") for script in args.script]
     console = Console(stderr=True)
-    record = run_analysis(pkg, script, checkpoint=args.checkpoint, gpus=args.gpus, project_dir=args.project,
-                          working_tree=args.working_tree,
-                          on_wait=lambda: console.print(f"[yellow]{pkg.run_id}: analysis waiting for a GPU lease[/]"))
+    records = run_analyses(pkg, names, checkpoint=args.checkpoint, gpus=args.gpus, project_dir=args.project,
+                           working_tree=args.working_tree,
+                           on_wait=lambda: console.print(f"[yellow]{pkg.run_id}: analysis waiting for a GPU lease[/]"))
     if args.json:
-        print(json.dumps(record, indent=2))
+        print(json.dumps(records[0] if len(records) == 1 else records, indent=2))
         return 0
-    if not record.get("applicable", True):
-        return 0  # the analysis process said why
-    shown = headline(pkg.path, record["script"], record, limit=8)
-    if shown:
-        print(f"  {shown}")
-    print(f"  files: {', '.join(record['files'])}")
+    for record in records:
+        if not record.get("applicable", True):
+            continue  # the analysis process said why
+        shown = headline(pkg.path, record["script"], record, limit=8)
+        if shown:
+            print(f"  {record['script'] + ': ' if len(records) > 1 else ''}{shown}")
+        print(f"  files: {', '.join(record['files'])}")
     return 0
 
 

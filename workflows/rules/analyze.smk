@@ -1,22 +1,36 @@
-rule analyze:
-    """Run one analysis script over a trained package (its own GPU lease)."""
-    input:
-        done=rules.train.output.done,
-    output:
-        done=f"{RUNS_DIR}/{{run}}/analysis/{{script}}/analysis.done",
-    log:
-        f"{WORKFLOW_DIR}/logs/analyze/{{run}}-{{script}}.log",
-    benchmark:
-        f"{WORKFLOW_DIR}/benchmarks/analyze/{{run}}-{{script}}.tsv"
-    threads: 1
-    resources:
-        gpu=config["analyze"]["gpus"],
-        mem_mb=config["analyze"]["mem_mb"],
-        runtime=config["analyze"]["runtime"],
-        **CLUSTER,
-    conda:
-        "../envs/expflow.yaml"
-    shell:
-        'expflow analyze "$(dirname {input.done})" {wildcards.script} --gpus {resources.gpu} > {log} 2>&1'
-        + on_failure("analyze")
-        + "; touch {output.done}"
+# analyze.scripts, all of them in one job per run: one analysis process (one interpreter and
+# one torch import for every script) on one GPU lease. Each script keeps its own output.
+ANALYSES = list(dict.fromkeys(config["analyze"]["scripts"]))
+
+
+if ANALYSES:
+
+    rule analyze:
+        """Run the analysis scripts over a trained package, in one process (its own GPU lease)."""
+        input:
+            done=rules.train.output.done,
+        output:
+            done=[f"{RUNS_DIR}/{{run}}/analysis/{script}/analysis.done" for script in ANALYSES],
+        log:
+            f"{WORKFLOW_DIR}/logs/analyze/{{run}}.log",
+        benchmark:
+            f"{WORKFLOW_DIR}/benchmarks/analyze/{{run}}.tsv"
+        threads: 1
+        resources:
+            gpu=config["analyze"]["gpus"],
+            mem_mb=config["analyze"]["mem_mb"],
+            runtime=config["analyze"]["runtime"],
+            **CLUSTER,
+        params:
+            scripts=" ".join(ANALYSES),
+        conda:
+            "../envs/expflow.yaml"
+        shell:
+            'expflow analyze "$(dirname {input.done})" {params.scripts} --gpus {resources.gpu} > {log} 2>&1'
+            + on_failure("analyze")
+            + "; touch {output.done}"
+
+
+def analysis_targets(runs):
+    """Every listed analysis of each of ``runs`` (none when analyze.scripts is empty)."""
+    return [f"{RUNS_DIR}/{run}/analysis/{script}/analysis.done" for run in runs for script in ANALYSES]

@@ -41,7 +41,6 @@ TRAIN_RETRIES = 0 if workflow.remote_exec else config["train"]["retries"]
 wildcard_constraints:
     run=r"[0-9a-f]{12}",
     stamp=r"[0-9]+",
-    script=r"[A-Za-z0-9_.-]+",
 
 
 def run_overrides(wildcards):
@@ -63,7 +62,7 @@ GPU_RESOURCE = _GPU_COUNTS.pop() if len(_GPU_COUNTS) == 1 else run_gpus
 def all_targets():
     """Every run trained, and every listed analysis of it."""
     targets = expand(rules.train.output.done, run=sorted(RUNS))
-    targets += expand(rules.analyze.output.done, run=sorted(RUNS), script=config["analyze"]["scripts"])
+    targets += analysis_targets(sorted(RUNS))
     if SYNC_TARGET != "off":
         targets += [sync_target(run) for run in sorted(RUNS)]
     if config["report"]["enabled"]:

@@ -7,7 +7,7 @@ rule report:
     """One self-contained HTML page of every package: run table, learning curves, sweep, analyses."""
     input:
         trained=expand(rules.train.output.done, run=sorted(RUNS)),
-        analyses=expand(rules.analyze.output.done, run=sorted(RUNS), script=config["analyze"]["scripts"]),
+        analyses=analysis_targets(sorted(RUNS)),
     output:
         html=REPORT_HTML,
     log:

@@ -16,7 +16,7 @@ so the model is the code that trained it. Scripts are looked up in the project's
 
 from expflow.analysis.context import AnalysisContext, AnalysisError, AnalysisOutput, NotApplicable
 from expflow.analysis.discovery import ScriptRef, available_scripts, find_script
-from expflow.analysis.runner import analysis_records, headline, run_analysis
+from expflow.analysis.runner import analysis_records, headline, run_analyses, run_analysis
 
 __all__ = [
     "AnalysisContext",
@@ -28,5 +28,6 @@ __all__ = [
     "available_scripts",
     "find_script",
     "headline",
+    "run_analyses",
     "run_analysis",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from expflow.analysis.context import AnalysisError
 from expflow.package import SavePackage
@@ -30,6 +31,18 @@ class ScriptRef:
         """How the analysis process is told to import it."""
         source = ["--module", self.module] if self.module is not None else ["--file", str(self.file)]
         return [*source, "--origin", self.origin]
+
+    def as_json(self) -> dict[str, Any]:
+        """What :meth:`from_json` reads: how the analysis process is told of several scripts."""
+        return {"name": self.name, "origin": self.origin, "module": self.module,
+                "file": None if self.file is None else str(self.file)}
+
+    @classmethod
+    def from_json(cls, text: str) -> ScriptRef:
+        import json
+
+        d = json.loads(text)
+        return cls(d["name"], d["origin"], module=d.get("module"), file=Path(d["file"]) if d.get("file") else None)
 
     def describe(self) -> str:
         return self.module if self.module is not None else str(self.file)

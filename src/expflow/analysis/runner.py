@@ -50,16 +50,21 @@ def snapshot_env(pkg: SavePackage, env: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _check_snapshot_has_worker(pkg: SavePackage, env: dict[str, str]) -> None:
+def _check_snapshot_has_worker(pkg: SavePackage, env: dict[str, str]) -> bool:
     """A snapshot that carries its own expflow (expflow's own repository) must carry the
-    analysis worker too; an older one cannot run analyses from its snapshot."""
+    analysis worker too; an older one cannot run analyses from its snapshot. Whether that
+    worker runs several scripts in one process (True where the snapshot has no expflow)."""
     for entry in env["PYTHONPATH"].split(os.pathsep):
         own = Path(entry) / "expflow"
         if (own / "__init__.py").is_file():
             if not (own / "analysis" / "worker.py").is_file():
                 raise AnalysisError(f"{pkg.path}: the package's code snapshot has an expflow without "
                                     "`expflow analyze`; run it with --working-tree")
-            return
+            try:
+                return b'"--outcome"' in (own / "analysis" / "runner.py").read_bytes()
+            except OSError:
+                return False
+    return True
 
 
 def run_analysis(
@@ -74,13 +79,34 @@ def run_analysis(
 ) -> dict[str, Any]:
     """Run ``script`` over ``pkg`` in its own process on its own GPU lease; returns the
     analysis record (``analysis.json``). ``gpus`` defaults to one when the run used GPUs."""
+    return run_analyses(pkg, [script], checkpoint=checkpoint, gpus=gpus, project_dir=project_dir,
+                        working_tree=working_tree, on_wait=on_wait)[0]
+
+
+def run_analyses(
+    pkg: SavePackage,
+    scripts: list[str],
+    *,
+    checkpoint: int | None = None,
+    gpus: int | None = None,
+    project_dir: str | Path | None = None,
+    working_tree: bool = False,
+    on_wait: Callable[[], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run ``scripts`` over ``pkg``, one after the other in one analysis process (one
+    interpreter, one torch import) on one GPU lease; returns their records in order. Each
+    script runs even when one before it failed; then an AnalysisError names those that did."""
+    import tempfile
+
     from omegaconf import OmegaConf
 
     from expflow.gpu import place_job
     from expflow.launch import die_with_parent
     from expflow.paths import check_writable
 
-    ref = find_script(script, project_dir, pkg)
+    if not scripts:
+        raise AnalysisError("name a script to run")
+    refs = [find_script(script, project_dir, pkg) for script in dict.fromkeys(scripts)]  # every name checked first
     cfg = pkg.config()
     check_writable(pkg.analysis_dir, what="analysis output")  # before any GPU is leased
     check_writable(pkg.logs_dir, what="analysis logs")
@@ -90,28 +116,49 @@ def run_analysis(
     gpu: dict[str, Any] = OmegaConf.to_container(node) if node is not None else {}  # type: ignore[assignment]
     count = min(int(gpu.get("count", 0)), 1) if gpus is None else int(gpus)
     env = dict(os.environ, MPLBACKEND="Agg")
+    many = True
     if not working_tree:
         env = snapshot_env(pkg, env)
-        _check_snapshot_has_worker(pkg, env)
-    cmd = [sys.executable, "-m", "expflow.analysis.worker", str(pkg.path.resolve()), "--name", ref.name,
-           *ref.worker_args()]
+        many = _check_snapshot_has_worker(pkg, env)
+    base = [sys.executable, "-m", "expflow.analysis.worker", str(pkg.path.resolve())]
     if checkpoint is not None:
-        cmd += ["--checkpoint", str(checkpoint)]
+        base += ["--checkpoint", str(checkpoint)]
+    names = ", ".join(ref.name for ref in refs)
+    failed: dict[str, int] = {}
     with place_job(count, int(gpu.get("mem_mb", 0)), int(gpu.get("max_jobs_per_gpu", 1)),
-                   bool(gpu.get("allow_cpu", True)), owner=f"{pkg.path.resolve()}#analyze:{ref.name}",
+                   bool(gpu.get("allow_cpu", True)), owner=f"{pkg.path.resolve()}#analyze:{names}",
                    on_wait=on_wait) as placement:
         env.update(placement.env)
-        proc = subprocess.run(cmd, env=env, cwd=project_dir,
-                              preexec_fn=die_with_parent if sys.platform == "linux" else None)
-    if proc.returncode > 0:
-        error = AnalysisError(f"analysis {ref.name} of {pkg.path} failed (exit code {proc.returncode})")
-        error.reported = True  # the analysis process printed its own one-line error
-        error.exit_code = proc.returncode
+        if len(refs) == 1 or not many:  # one process per script (a snapshot's older worker takes one)
+            for ref in refs:
+                code = _worker(base + ["--name", ref.name, *ref.worker_args()], env, project_dir, die_with_parent)
+                if code:
+                    failed[ref.name] = code
+        else:
+            with tempfile.TemporaryDirectory(prefix="expflow-analyze-") as tmp:
+                report = Path(tmp) / "outcome.json"
+                cmd = base + [arg for ref in refs for arg in ("--script", json.dumps(ref.as_json()))]
+                code = _worker(cmd + ["--outcome", str(report)], env, project_dir, die_with_parent)
+                try:
+                    outcome = json.loads(report.read_text())
+                except (OSError, ValueError):  # killed before it could say: every script is in doubt
+                    outcome = {ref.name: code or 1 for ref in refs}
+                failed = {name: int(c) for name, c in outcome.items() if c}
+    if failed:
+        worst = max(failed.values())
+        if worst < 0:
+            raise AnalysisError(f"analysis {', '.join(failed)} of {pkg.path}: the analysis process was killed by "
+                                f"signal {-worst}")
+        error = AnalysisError(f"analysis {', '.join(failed)} of {pkg.path} failed (exit code {worst})")
+        error.reported = True  # the analysis process printed a one-line error for each
+        error.exit_code = worst
         raise error
-    if proc.returncode < 0:
-        raise AnalysisError(f"analysis {ref.name} of {pkg.path}: the analysis process was killed by signal "
-                            f"{-proc.returncode}")
-    return read_record(pkg, ref.name)
+    return [read_record(pkg, ref.name) for ref in refs]
+
+
+def _worker(cmd: list[str], env: dict[str, str], cwd: Any, die_with_parent: Callable[[], None]) -> int:
+    proc = subprocess.run(cmd, env=env, cwd=cwd, preexec_fn=die_with_parent if sys.platform == "linux" else None)
+    return proc.returncode
 
 
 def read_record(pkg: SavePackage, name: str) -> dict[str, Any]:
@@ -274,42 +321,62 @@ def _swap_in(staging: Path, out_dir: Path) -> None:
 
 
 def worker_main(argv: list[str] | None = None) -> int:
-    """``python -m expflow.analysis.worker``: one analysis, in the analysis process."""
+    """``python -m expflow.analysis.worker``: analyses of one package, in the analysis process:
+    one script (``--name`` with ``--module`` or ``--file``), or several (``--script`` JSON,
+    repeated; each runs even when one before it failed, and ``--outcome`` receives each
+    one's exit status)."""
     import argparse
+
+    from expflow.config.numbers import int_option
 
     parser = argparse.ArgumentParser(prog="python -m expflow.analysis.worker")
     parser.add_argument("package")
-    parser.add_argument("--name", required=True)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--module")
-    source.add_argument("--file", type=Path)
+    parser.add_argument("--name")
+    parser.add_argument("--module")
+    parser.add_argument("--file", type=Path)
     parser.add_argument("--origin", default="file")
-    from expflow.config.numbers import int_option
-
+    parser.add_argument("--script", action="append", default=[], type=ScriptRef.from_json)
+    parser.add_argument("--outcome", type=Path)
     parser.add_argument("--checkpoint", type=int_option(0), default=None)
     args = parser.parse_args(argv)
-    ref = ScriptRef(args.name, args.origin, module=args.module, file=args.file)
+    refs = list(args.script)
+    if args.name is not None:
+        if (args.module is None) == (args.file is None):
+            parser.error("--name needs one of --module, --file")
+        refs.insert(0, ScriptRef(args.name, args.origin, module=args.module, file=args.file))
+    if not refs:
+        parser.error("no script: --name ... or --script ...")
+    outcome: dict[str, int] = {}
+    for ref in refs:
+        outcome[ref.name] = _run_one(args.package, ref, args.checkpoint)
+        if args.outcome is not None:
+            atomic_write_json(args.outcome, outcome)
+    return max(outcome.values())
+
+
+def _run_one(package: str, ref: ScriptRef, checkpoint: int | None) -> int:
+    """One script; its one-line error (or success line) printed; its exit status."""
     pkg = None
     try:
-        pkg = SavePackage.open(args.package)
-        record = execute_script(pkg, ref, args.checkpoint)
+        pkg = SavePackage.open(package)
+        record = execute_script(pkg, ref, checkpoint)
     except ExpflowError as e:
-        print(f"expflow: error: {e.one_line()}", file=sys.stderr)
+        print(f"expflow: error: {e.one_line()}", file=sys.stderr, flush=True)
         return e.exit_code
     except Exception as e:
-        log = pkg.logs_dir / f"analysis-{args.name}.err" if pkg is not None else None
+        log = pkg.logs_dir / f"analysis-{ref.name}.err" if pkg is not None else None
         where = ""
         if log is not None:
             log.parent.mkdir(parents=True, exist_ok=True)
             log.write_text(traceback.format_exc())
             where = f" (traceback in {log})"
         message = " ".join(f"{e.__class__.__name__}: {e}".split())
-        print(f"expflow: error: analysis {args.name} of {args.package} failed: {message}{where}", file=sys.stderr)
+        print(f"expflow: error: analysis {ref.name} of {package} failed: {message}{where}", file=sys.stderr, flush=True)
         return 1
     if not record["applicable"]:
-        print(f"{record['run_id']}: analysis {args.name} does not apply: {record['reason']}", flush=True)
+        print(f"{record['run_id']}: analysis {ref.name} does not apply: {record['reason']}", flush=True)
         return 0
     ck = record["checkpoint"]
     at = f" at checkpoint step {ck['step']}" if ck else ""
-    print(f"{record['run_id']}: analysis {args.name}{at} -> {pkg.analysis_dir / args.name}", flush=True)
+    print(f"{record['run_id']}: analysis {ref.name}{at} -> {pkg.analysis_dir / ref.name}", flush=True)
     return 0
