@@ -24,7 +24,7 @@ from expflow.align.cache import SourceCache
 from expflow.align.check import ERROR, FrameworkCheck, check_framework, check_report, render_check
 from expflow.align.sources import Source, SourceError, for_workflow, make_source, notes_of, reason
 from expflow.align.spec import Plan
-from expflow.align.tracker import check_target, write_experiments
+from expflow.align.tracker import check_target, start_experiments
 from expflow.atomic import atomic_write, atomic_write_json
 from expflow.errors import AlignError
 
@@ -129,13 +129,18 @@ def run_alignment(
     report["spec"] = str(plan.path)
     if plan.disabled:
         report["disabled"] = list(plan.disabled)
-    if plots:
-        from expflow.align.report import write_report
+    # the experiments are written (in their own processes) while the plots are drawn
+    pending = start_experiments(tables, names, plan.target, out) if tracker and tables else None
+    try:
+        if plots:
+            from expflow.align.report import write_report
 
-        result.files.update(write_report(result.table, plan.aligned_metrics, result.checks, out, title=f"Metric alignment: {plan.path.name}"))
-    if tracker and tables:
-        result.tracker = write_experiments(tables, names, plan.target, out)
-        report["tracker"] = result.tracker
+            result.files.update(write_report(result.table, plan.aligned_metrics, result.checks, out,
+                                             title=f"Metric alignment: {plan.path.name}"))
+    finally:
+        if pending is not None:
+            result.tracker = pending.finish()
+            report["tracker"] = result.tracker
     atomic_write_json(out / "check.json", report)
     result.files["check.json"] = out / "check.json"
     render_check(result.checks, plan.aligned_metrics, console)

@@ -64,11 +64,46 @@ def write_experiments(
 ) -> dict[str, dict[str, Any]]:
     """Log each framework's aligned table as one experiment; returns what happened per
     framework (``written`` or ``unchanged``, the id, the run directory when offline)."""
-    if target.mode == "disabled":
-        return {}
-    check_target(target)
+    return start_experiments(tables, names, target, out).finish()
+
+
+class PendingExperiments:
+    """Experiments being written (in worker processes where they run in parallel):
+    ``finish()`` waits for them, records each in the state file and returns the result."""
+
+    def __init__(self, state_path: Path, state: dict[str, Any], result: dict[str, dict[str, Any]],
+                 jobs: list[tuple[str, str, str, str]], target: Any, runs: Iterator[Path | None], pool: Any = None):
+        self.state_path, self.state, self.result, self.jobs = state_path, state, result, jobs
+        self.target, self.runs, self.pool = target, runs, pool
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        try:
+            for (label, name, digest, exp_id), run_dir in zip(self.jobs, self.runs, strict=True):
+                entry = {"id": exp_id, "name": name, "project": self.target.project, "mode": self.target.mode,
+                         "digest": digest, "dir": run_dir.name if run_dir else None}
+                self.state[label] = entry
+                atomic_write_json(self.state_path, self.state)  # after each one: an interrupted run loses nothing done
+                self.result[label] = {**entry, "status": "written"}
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown()
+        return self.result
+
+
+def start_experiments(
+    tables: Mapping[str, pd.DataFrame],
+    names: Mapping[str, str],
+    target: Any,
+    out: Path,
+) -> PendingExperiments:
+    """Start writing the experiments whose data changed (the rest are ``unchanged``); with
+    several to write and CPUs for them, each in its own process, so the caller can draw its
+    plots meanwhile."""
     log_dir = out / "swanlab"
     state_path = log_dir / STATE
+    if target.mode == "disabled":
+        return PendingExperiments(state_path, {}, {}, [], target, iter(()))
+    check_target(target)
     try:
         state: dict[str, Any] = json.loads(state_path.read_text())
     except (OSError, ValueError):
@@ -88,34 +123,17 @@ def write_experiments(
         if old_dir is not None and old_dir.exists():
             shutil.rmtree(old_dir)  # the framework's previous run: replaced, never duplicated
         jobs.append((label, name, digest, exp_id))
-    for (label, name, digest, exp_id), run_dir in zip(jobs, _log_all(tables, jobs, target, log_dir), strict=True):
-        entry = {"id": exp_id, "name": name, "project": target.project, "mode": target.mode, "digest": digest,
-                 "dir": run_dir.name if run_dir else None}
-        state[label] = entry
-        atomic_write_json(state_path, state)  # after each one: an interrupted run loses nothing done
-        result[label] = {**entry, "status": "written"}
-    return result
-
-
-def _log_all(tables: Mapping[str, pd.DataFrame], jobs: list[tuple[str, str, str, str]], target: Any,
-             log_dir: Path) -> Iterator[Path | None]:
-    """Each job's experiment, in job order. SwanLab keeps one run per process, so several
-    experiments are written by parallel processes where there are CPUs for them."""
     args = [(tables[label], target, name, exp_id, log_dir) for label, name, _, exp_id in jobs]
     workers = min(len(args), os.cpu_count() or 1, 4)
     if workers < 2 or target.mode != "offline":
-        for a in args:
-            yield _log_experiment(*a)
-        return
+        # SwanLab keeps one run per process: in this process, one after the other
+        return PendingExperiments(state_path, state, result, jobs, target, (_log_experiment(*a) for a in args))
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        yield from pool.map(_log_experiment_args, args)
-
-
-def _log_experiment_args(args: tuple[Any, ...]) -> Path | None:
-    return _log_experiment(*args)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+    futures = [pool.submit(_log_experiment, *a) for a in args]
+    return PendingExperiments(state_path, state, result, jobs, target, (f.result() for f in futures), pool)
 
 
 def _quiet_settings(swanlab: Any) -> Any:
