@@ -358,7 +358,7 @@ def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, str
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=REPO)
     elapsed = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\\n{proc.stdout}\\n{proc.stderr}")
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return elapsed, proc.stdout + proc.stderr
 
 
