@@ -10,6 +10,7 @@ experiments (``swanlab/``). The cache defaults to ``out/cache``.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -87,6 +88,7 @@ def run_alignment(
     tables: dict[str, pd.DataFrame] = {}
     names: dict[str, str] = {}
 
+    runs: list[tuple[Any, str | None, Source, FrameworkCheck]] = []
     for fw in plan.frameworks:
         # Anything wrong with one framework's source (a bad id, an unreadable file) fails
         # that framework alone: the others are aligned and the exit status says so.
@@ -100,28 +102,34 @@ def run_alignment(
             label = fw.name if suffix is None else f"{fw.name}/{suffix}"
             check = FrameworkCheck(label, fw.name, _describe(fw.source, inst))
             result.checks.append(check)
-            try:
-                raw, from_cache = _load(inst, label, cache, console, fw.cache_file if suffix is None else None)
-            except (SourceError, OSError) as e:
-                check.status, check.error = ERROR, _one_line(e)
+            runs.append((fw, suffix, inst, check))
+    loaded = _load_all([(c.label, inst, fw.cache_file if suffix is None else None) for fw, suffix, inst, c in runs],
+                       cache, console)
+
+    for fw, suffix, _inst, check in runs:
+        label = check.label
+        got = loaded[label]
+        if isinstance(got, str):
+            check.status, check.error = ERROR, got
+            continue
+        raw, from_cache = got
+        (result.cached if from_cache else result.read).append(label)
+        if raw.damage:  # kept in the cache entry: a cache hit warns (or fails) the same
+            if strict:
+                check.status, check.error = ERROR, f"{raw.damage} (--strict)"
                 continue
-            (result.cached if from_cache else result.read).append(label)
-            if raw.damage:  # kept in the cache entry: a cache hit warns (or fails) the same
-                if strict:
-                    check.status, check.error = ERROR, f"{raw.damage} (--strict)"
-                    continue
-                check.warnings.append(f"{raw.damage}; the bad lines are skipped (--strict fails the package)")
-            check.warnings += notes_of(raw)
-            try:
-                aligned = align_framework(raw, fw)
-            except ValueError as e:  # e.g. steps too far apart to put on one axis
-                check.status, check.error = ERROR, f"{check.source}: cannot align: {e}"
-                continue
-            table = aligned.table
-            check.points, check.from_cache, check.notes = len(table), from_cache, aligned.notes
-            check_framework(check, table["metric"].unique().astype(str).tolist(), plan.aligned_metrics, fw.expected())
-            tables[label] = table
-            names[label] = fw.target_exp_name if suffix is None else f"{fw.target_exp_name}-{suffix}"
+            check.warnings.append(f"{raw.damage}; the bad lines are skipped (--strict fails the package)")
+        check.warnings += notes_of(raw)
+        try:
+            aligned = align_framework(raw, fw)
+        except ValueError as e:  # e.g. steps too far apart to put on one axis
+            check.status, check.error = ERROR, f"{check.source}: cannot align: {e}"
+            continue
+        table = aligned.table
+        check.points, check.from_cache, check.notes = len(table), from_cache, aligned.notes
+        check_framework(check, table["metric"].unique().astype(str).tolist(), plan.aligned_metrics, fw.expected())
+        tables[label] = table
+        names[label] = fw.target_exp_name if suffix is None else f"{fw.target_exp_name}-{suffix}"
 
     result.table = _long_table(tables, plan.aligned_metrics)
     result.files.update(_write_tables(result.table, out))
@@ -160,20 +168,63 @@ def _one_line(e: BaseException) -> str:
     return f"{getattr(e, 'filename', '') or ''}: {reason(e)}".lstrip(": ")
 
 
-def _load(source: Source, label: str, cache: SourceCache, console: Console, file: str | None = None) -> tuple[Any, bool]:
-    identity = source.identity()
-    fingerprint = source.fingerprint()
-    raw = cache.load(label, identity, fingerprint, file)
-    if raw is not None:
-        return raw, True
-    t0 = time.perf_counter()
+def _load_all(
+    items: list[tuple[str, Source, str | None]], cache: SourceCache, console: Console
+) -> dict[str, tuple[Any, bool] | str]:
+    """label -> (its points, from the cache?) or its one-line error. Unchanged sources come
+    from the cache; the others are read, several at once in worker processes where there
+    are CPUs for them (parsing is CPU-bound Python), and stored."""
+    out: dict[str, tuple[Any, bool] | str] = {}
+    misses: list[tuple[str, Source, str | None, str, str]] = []
+    for label, source, file in items:
+        try:
+            identity, fingerprint = source.identity(), source.fingerprint()
+        except (SourceError, OSError) as e:
+            out[label] = _one_line(e)
+            continue
+        raw = cache.load(label, identity, fingerprint, file)
+        if raw is not None:
+            out[label] = (raw, True)
+        else:
+            misses.append((label, source, file, identity, fingerprint))
+    if not misses:
+        return out
     from rich.markup import escape
 
-    with console.status(escape(f"reading {label} ({source.describe()})")):
-        raw = source.read()
-    console.print(f"read {label}: {len(raw.points):,} points in {time.perf_counter() - t0:.1f}s", highlight=False, markup=False)
-    cache.store(label, identity, fingerprint, raw, file)
-    return raw, False
+    workers = min(len(misses), os.cpu_count() or 1, 4)
+    what = misses[0][0] if len(misses) == 1 else f"{len(misses)} sources"
+    if workers < 2:
+        with console.status(escape(f"reading {what} ({misses[0][1].describe()}{', ...' if len(misses) > 1 else ''})")):
+            reads = [_read(source) for _, source, *_ in misses]
+    else:  # no spinner thread while forking
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        console.print(f"reading {what} in {workers} processes", highlight=False, markup=False)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            reads = list(pool.map(_read, [source for _, source, *_ in misses]))
+    for (label, _source, file, identity, fingerprint), (raw, secs) in zip(misses, reads, strict=True):
+        if isinstance(raw, str):
+            out[label] = raw
+            continue
+        console.print(f"read {label}: {len(raw.points):,} points in {secs:.1f}s", highlight=False, markup=False)
+        try:
+            cache.store(label, identity, fingerprint, raw, file)
+        except OSError as e:
+            out[label] = _one_line(e)
+            continue
+        out[label] = (raw, False)
+    return out
+
+
+def _read(source: Source) -> tuple[Any, float]:
+    """(the source's points, seconds), or (its one-line error, seconds)."""
+    t0 = time.perf_counter()
+    try:
+        raw: Any = source.read()
+    except (SourceError, OSError) as e:
+        raw = _one_line(e)
+    return raw, time.perf_counter() - t0
 
 
 def _long_table(tables: dict[str, pd.DataFrame], aligned_metrics: Sequence[str]) -> pd.DataFrame:
