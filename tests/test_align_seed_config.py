@@ -144,7 +144,7 @@ def test_a_seed_002_config_runs_unchanged(seed_dir, capsys):
     assert (root / "data" / "verl.parquet").is_file() and (root / "data" / "slime.parquet").is_file()
 
     # the printed spec is an expflow spec that gives the same table
-    equivalent = printed.split("the equivalent expflow spec is:\n", 1)[1].split("\nread ", 1)[0]
+    equivalent = printed.split("the equivalent expflow spec is:\n", 1)[1].split("\n\n", 1)[0]  # YAML, then a blank line
     spec = root / "equivalent.yaml"
     spec.write_text(equivalent)
     assert "platform" not in equivalent and "kind: swanlab" in equivalent and "auth" not in equivalent
