@@ -144,7 +144,8 @@ def run_alignment(
             from expflow.align.report import write_report
 
             result.files.update(write_report(result.table, plan.aligned_metrics, result.checks, out,
-                                             title=f"Metric alignment: {plan.path.name}"))
+                                             title=f"Metric alignment: {plan.path.name}",
+                                             busy=pending.workers if pending is not None else 0))
     finally:
         if pending is not None:
             result.tracker = pending.finish()

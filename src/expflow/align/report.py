@@ -131,9 +131,10 @@ def render_plot(table: pd.DataFrame, metric: str) -> bytes:
     return _render_batch([(metric, metric_series(table, metric))])[0]
 
 
-def render_plots(jobs: list[tuple[str, list[tuple[str, np.ndarray, np.ndarray]]]]) -> list[bytes]:
-    """PNGs for ``jobs``; many are drawn in parallel processes, where there are CPUs."""
-    workers = min(WORKERS, os.cpu_count() or 1, max(1, len(jobs) // (PARALLEL_FROM // 2)))
+def render_plots(jobs: list[tuple[str, list[tuple[str, np.ndarray, np.ndarray]]]], busy: int = 0) -> list[bytes]:
+    """PNGs for ``jobs``; many are drawn in parallel processes, where there are CPUs (less
+    ``busy`` ones: other work of this run, e.g. experiments being written)."""
+    workers = min(WORKERS, (os.cpu_count() or 1) - busy, max(1, len(jobs) // (PARALLEL_FROM // 2)))
     if len(jobs) < PARALLEL_FROM or workers < 2:
         return _render_batch(jobs)
     import multiprocessing
@@ -159,6 +160,7 @@ def write_report(
     out: Path,
     *,
     title: str,
+    busy: int = 0,
 ) -> dict[str, Path]:
     """plots/<metric>.png for each aligned metric, and report.html; returns the paths. Only
     plots whose series changed are drawn (``plots/index.json`` keeps each one's digest), and
@@ -186,7 +188,7 @@ def write_report(
             except OSError:
                 pass
         todo.append((metric, series))
-    for (metric, _), png in zip(todo, render_plots(todo), strict=True):
+    for (metric, _), png in zip(todo, render_plots(todo, busy), strict=True):
         atomic_write_bytes(written[metric], png)
         pngs[metric] = png
     new_index = {m: {"file": written[m].name, "digest": digests[m]} for m in aligned_metrics}

@@ -72,9 +72,11 @@ class PendingExperiments:
     ``finish()`` waits for them, records each in the state file and returns the result."""
 
     def __init__(self, state_path: Path, state: dict[str, Any], result: dict[str, dict[str, Any]],
-                 jobs: list[tuple[str, str, str, str]], target: Any, runs: Iterator[Path | None], pool: Any = None):
+                 jobs: list[tuple[str, str, str, str]], target: Any, runs: Iterator[Path | None], pool: Any = None,
+                 workers: int = 0):
         self.state_path, self.state, self.result, self.jobs = state_path, state, result, jobs
         self.target, self.runs, self.pool = target, runs, pool
+        self.workers = workers  # CPUs these writes keep busy meanwhile
 
     def finish(self) -> dict[str, dict[str, Any]]:
         try:
@@ -133,7 +135,7 @@ def start_experiments(
 
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
     futures = [pool.submit(_log_experiment, *a) for a in args]
-    return PendingExperiments(state_path, state, result, jobs, target, (f.result() for f in futures), pool)
+    return PendingExperiments(state_path, state, result, jobs, target, (f.result() for f in futures), pool, workers)
 
 
 def _quiet_settings(swanlab: Any) -> Any:
