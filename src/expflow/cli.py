@@ -245,6 +245,17 @@ COMMAND_HELP: dict[str, tuple[str, str]] = {
           expflow status --runs runs --status RUNNING,CRASHED --sort duration
           expflow status --watch --interval 5""",
     ),
+    "diff": (
+        "Show what differs between two save-packages: overrides, config, code, environment, metrics.",
+        """Reads both packages (manifest, resolved config, code snapshot and its listing, the recorded
+        software environment and machines, metric records); writes nothing. The config is compared
+        key by key (the run id aside), changed code files as a unified diff, the environment by
+        distribution and version, the metrics at the last step both recorded.
+
+        Examples:
+          expflow diff runs/3f2a9c1b7d4e runs/8c01d2e3f4a5
+          expflow diff runs/3f2a9c1b7d4e runs/.reruns/3f2a9c1b7d4e-1 --json""",
+    ),
     "report": (
         "Write one self-contained HTML page about a runs directory: run table, learning curves, sweep, analyses.",
         """Reads every package under --runs (manifest, config, metric records, analyses); writes one
@@ -341,6 +352,7 @@ COMMAND_MODULES: list[str] = [
     "expflow.status_board",
     "expflow.report",
     "expflow.scaffold",
+    "expflow.diff",
 ]
 
 

@@ -100,6 +100,7 @@ def _execute(pkg: SavePackage, resume: str | int | None, env: Any, logs: Any) ->
     from expflow import distributed
     from expflow.gpu import resolve_device
     from expflow.loop import Loop, checkpoint_to_resume
+    from expflow.package.environment import record_attempt
     from expflow.seeding import seed_everything
 
     cfg = pkg.config()
@@ -117,6 +118,7 @@ def _execute(pkg: SavePackage, resume: str | int | None, env: Any, logs: Any) ->
             pkg.set_status(Status.PREPARING, error=None, note=kind)
             if resume is None:
                 pkg.update_manifest(lambda m: m.setdefault("attempts", []).append({"kind": kind, "time": utc_now()}))
+            record_attempt(pkg, (pkg.manifest().get("code") or {}).get("store"))
             heartbeat.start()  # type: ignore[union-attr]
         device = resolve_device(cfg.trainer.device, int(cfg.gpu.count), bool(cfg.gpu.allow_cpu), env.local_rank)
         distributed.init(env, device)

@@ -70,6 +70,15 @@ class _ConfigDumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ign
 _ConfigDumper.add_representer(str, _ConfigDumper.represent_str)
 
 
+def _environment(store: str | os.PathLike[str], package_dir: Path) -> str | None:
+    """The software environment, stored once in the store and linked into the package."""
+    from expflow.package import environment
+
+    sha = environment.store_environment(store)
+    environment.link_into(store, sha, package_dir)
+    return sha
+
+
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -196,6 +205,7 @@ class SavePackage:
             write_unpublished(pkg.config_path, dump_config(config).encode("utf-8"))
             for name, text in (hydra_files or {}).items():
                 atomic_write_text(pkg.hydra_dir / name, text)
+            software = _environment(store, pkg.path)
             code_fp = code_fingerprint(entries)
             cfg_fp = config_fingerprint(config)
             now = utc_now()
@@ -210,6 +220,7 @@ class SavePackage:
                 "code": {"files": len(entries), "bytes": sum(e.size for e in entries), "store": str(Path(store).resolve())},
                 "git": git,
                 "versions": environment_versions(),
+                "environment": software,  # the software environment's id (environment/<id>.json)
                 "status": Status.QUEUED.value,
                 "status_history": [{"status": Status.QUEUED.value, "time": now, **process_identity(),
                                     **({"note": "starting", "claim": True} if claim else {})}],

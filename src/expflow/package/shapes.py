@@ -247,6 +247,8 @@ MANIFEST = Obj(
         "code": Nullable(Obj({"files": COUNT, "bytes": COUNT, "store": Nullable(STR)})),
         "git": Nullable(OBJECT),
         "versions": Nullable(OBJECT),
+        "environment": Nullable(STR),
+        "environments": ListOf(OBJECT),
         "status": Choice(STATUSES),
         "status_history": ListOf(HISTORY_ENTRY),
         "gpus": Nullable(ListOf(ANY)),

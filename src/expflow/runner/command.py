@@ -226,6 +226,7 @@ def run_command(pkg: SavePackage, *, resume: str | int | None = None,
 def _supervise(pkg: SavePackage, cfg: Any, spec: CommandSpec, resume: str | int | None,
                extra_env: dict[str, str]) -> Status:
     from expflow.launch import die_with_parent
+    from expflow.package.environment import record_attempt
     from expflow.rank import Heartbeat
     from expflow.runlog import RankLogs
     from expflow.runner.channel import MetricsChannel
@@ -270,6 +271,9 @@ def _supervise(pkg: SavePackage, cfg: Any, spec: CommandSpec, resume: str | int 
             if start is not None:
                 attempt["from_step"] = start
             pkg.update_manifest(lambda m: m.setdefault("attempts", []).append(attempt))
+        # The supervisor's software (the program's, when it runs on the same Python) and the
+        # machine the program runs on, with the devices its lease gives it.
+        record_attempt(pkg, (pkg.manifest().get("code") or {}).get("store"), {**os.environ, **extra_env})
         heartbeat.start()
         channel = MetricsChannel(writer, on_problem=lambda line: print(f"expflow: warning: {line}",
                                                                        file=sys.stderr, flush=True)).start()
