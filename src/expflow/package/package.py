@@ -70,7 +70,7 @@ class _ConfigDumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ign
 _ConfigDumper.add_representer(str, _ConfigDumper.represent_str)
 
 
-def _environment(store: str | os.PathLike[str], package_dir: Path) -> str | None:
+def _environment(store: str | os.PathLike[str], package_dir: Path) -> str:
     """The software environment, stored once in the store and linked into the package."""
     from expflow.package import environment
 
@@ -190,14 +190,16 @@ class SavePackage:
 
                 root = Path(code_root or ".").resolve()
                 probe = GitProbe(root)  # runs beside the snapshot
-                entries = code_store.snapshot(
-                    root,
-                    pkg.code_dir,
-                    include=code_include or codestore.DEFAULT_INCLUDE,
-                    exclude=code_exclude or codestore.DEFAULT_EXCLUDE,
-                    skip_dirs=[pkg.path.parent, code_store.root],
-                )
-                git = probe.result()
+                try:
+                    entries = code_store.snapshot(
+                        root,
+                        pkg.code_dir,
+                        include=code_include or codestore.DEFAULT_INCLUDE,
+                        exclude=code_exclude or codestore.DEFAULT_EXCLUDE,
+                        skip_dirs=[pkg.path.parent, code_store.root],
+                    )
+                finally:
+                    git = probe.result()  # waited for on every path (no process left behind)
             # Files of a package nobody reads before its manifest exists: written in place and
             # fsync'd; the manifest's atomic write (its directory fsync included) publishes them.
             write_unpublished(pkg.code_listing_path, (json.dumps([vars(e) for e in entries], indent=2) + "\n").encode())
