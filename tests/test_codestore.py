@@ -173,3 +173,24 @@ def test_include_globs_symlinks_and_skipped_directories(tmp_path):
     got = rel(collect_files(root, ["**/*.py"], [], skip_dirs=[root / "runs"]))
     assert got == [f"src/pkg/m{i}.py" for i in range(5)]
     assert {"runs/old.py", "src/to_runs/old.py"} <= set(rel(collect_files(root, ["**/*.py"], [])))
+
+
+def test_concurrent_snapshots_of_new_code_all_succeed(tmp_path):
+    """Many processes snapshot the same new files into one store at once (a sweep's package
+    jobs): each stores or finds every object, none fails on another's half-done work."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "proj"
+    make_tree(root, n=40)
+    prog = (
+        "import sys; from expflow.package.codestore import CodeStore;"
+        "CodeStore(sys.argv[1]).snapshot(sys.argv[2], sys.argv[3])"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", prog, str(tmp_path / "store"), str(root),
+                               str(tmp_path / f"pkg{i}" / "code")], stderr=subprocess.PIPE, text=True)
+             for i in range(8)]
+    errors = [p.communicate()[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, "\n".join(errors)
+    for i in range(8):
+        assert len(list((tmp_path / f"pkg{i}" / "code").rglob("*.py"))) == 40

@@ -20,6 +20,7 @@ Credentials never enter a snapshot, whatever ``code.include``/``code.exclude`` s
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import functools
 import hashlib
@@ -281,7 +282,7 @@ class CodeStore:
                 if _hash_file(Path(tmp)) != sha:  # the file changed while we copied it
                     raise PackageError(f"{source}: changed while the code snapshot was taken")
             os.chmod(tmp, 0o444)
-            os.replace(tmp, obj)  # a crash leaves a .tmp, never an object with other bytes
+            publish_once(tmp, obj)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -348,11 +349,13 @@ class CodeStore:
                 link_or_copy(obj, dest)  # the object is there: the common case, one system call
                 continue
             except FileNotFoundError:
-                if os.path.exists(obj):
-                    raise
+                pass
+            # Not in the store, or another snapshot stored it a moment ago (then linking again
+            # is all there is to do).
+            if not os.path.exists(obj):
                 if sources is None or e.path not in sources:
-                    raise PackageError(f"code store {self.root}: object {e.sha256} for {e.path} is missing") from None
-            self._store(*sources[e.path][:1], e.sha256, sources[e.path][1])
+                    raise PackageError(f"code store {self.root}: object {e.sha256} for {e.path} is missing")
+                self._store(sources[e.path][0], e.sha256, sources[e.path][1])
             link_or_copy(obj, dest)
 
 
@@ -436,12 +439,32 @@ def _rules_version() -> str:
     return h.hexdigest()[:16]
 
 
+def publish_once(tmp: str | os.PathLike[str], obj: str | os.PathLike[str]) -> None:
+    """Give the finished temp file ``tmp`` the name ``obj`` unless it already has an object
+    (the same bytes: the name is their hash), then drop ``tmp``. Never a rename over an
+    existing object: a process hardlinking that object at the same moment would find an
+    unlinked inode (link(2) says ENOENT). A crash leaves a .tmp, never a partial object."""
+    try:
+        os.link(tmp, obj)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        if not os.path.exists(obj):  # no hardlinks here: rename, once
+            os.replace(tmp, obj)
+            return
+    os.unlink(tmp)
+
+
 def link_or_copy(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
     try:
         os.link(src, dest)
     except FileExistsError:
         os.unlink(dest)
         os.link(src, dest)
+    except FileNotFoundError:  # no such object (the caller decides), not a reason to copy
+        raise
     except OSError:  # another file system, or links not allowed: a plain copy
         shutil.copyfile(src, dest)
         os.chmod(dest, 0o444)

@@ -176,15 +176,31 @@ def _cgroup_container_id() -> str | None:
 # -- the store ---------------------------------------------------------------------------
 def _key() -> str:
     """Changes whenever a distribution is installed, upgraded or removed (each adds or
-    removes a ``*.dist-info`` entry in one of these directories), or the interpreter changes."""
+    removes a ``*.dist-info`` entry in one of the directories that hold distributions: the
+    site directories and any other ``sys.path`` entry with one), or the interpreter changes.
+    Code directories on the path (a package's snapshot) are not part of it: every training
+    process of one environment finds the same key."""
+    import site
+
+    sites = set(site.getsitepackages()) | {site.getusersitepackages()}
     h = hashlib.sha256(f"{FORMAT}\0{sys.executable}\0{sys.prefix}\0{sys.version}".encode())
     for entry in sys.path:
+        if entry not in sites and not _holds_distributions(entry):
+            continue
         try:
-            st = os.stat(entry or ".")
+            st = os.stat(entry)
         except OSError:
             continue
         h.update(f"\0{entry}\0{st.st_mtime_ns}\0{st.st_ino}".encode())
     return h.hexdigest()[:32]
+
+
+def _holds_distributions(entry: str) -> bool:
+    try:
+        with os.scandir(entry or ".") as it:
+            return any(e.name.endswith((".dist-info", ".egg-info")) for e in it)
+    except OSError:
+        return False
 
 
 def store_environment(store: str | os.PathLike[str]) -> str:
@@ -202,7 +218,7 @@ def store_environment(store: str | os.PathLike[str]) -> str:
     sha = hashlib.sha256(data).hexdigest()
     obj = object_path(store, sha)
     if not obj.is_file():
-        _publish(obj, data, mode=0o444)
+        _publish(obj, data, mode=0o444, once=True)
     _publish(index, sha.encode(), mode=0o644)  # a cache: a lost race rewrites the same id
     return sha
 
@@ -211,14 +227,21 @@ def object_path(store: str | os.PathLike[str], sha: str) -> Path:
     return Path(store) / "environments" / sha[:2] / f"{sha[2:]}.json"
 
 
-def _publish(path: Path, data: bytes, mode: int) -> None:
+def _publish(path: Path, data: bytes, mode: int, once: bool = False) -> None:
+    """``data`` at ``path`` through a temp file; ``once``: an object, never replaced (see
+    :func:`expflow.package.codestore.publish_once`)."""
+    from expflow.package.codestore import publish_once
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        if once:
+            publish_once(tmp, path)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
