@@ -1,8 +1,4 @@
-# analyze.scripts, all of them in one job per run: one analysis process (one interpreter and
-# one torch import for every script) on one GPU lease. Each script keeps its own output.
-ANALYSES = list(dict.fromkeys(config["analyze"]["scripts"]))
-
-
+# Every script of analyze.scripts in one job per run (ANALYSES, analysis_targets: common.smk).
 if ANALYSES:
 
     rule analyze:
@@ -30,7 +26,3 @@ if ANALYSES:
             + on_failure("analyze")
             + "; touch {output.done}"
 
-
-def analysis_targets(runs):
-    """Every listed analysis of each of ``runs`` (none when analyze.scripts is empty)."""
-    return [f"{RUNS_DIR}/{run}/analysis/{script}/analysis.done" for run in runs for script in ANALYSES]

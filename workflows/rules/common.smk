@@ -59,6 +59,16 @@ _GPU_COUNTS = {spec.gpus for spec in RUNS.values()}
 GPU_RESOURCE = _GPU_COUNTS.pop() if len(_GPU_COUNTS) == 1 else run_gpus
 
 
+# analyze.scripts, all of them in one job per run: one analysis process (one interpreter and
+# one torch import for every script) on one GPU lease. Each script keeps its own output.
+ANALYSES = list(dict.fromkeys(config["analyze"]["scripts"]))
+
+
+def analysis_targets(runs):
+    """Every listed analysis of each of ``runs`` (none when analyze.scripts is empty)."""
+    return [f"{RUNS_DIR}/{run}/analysis/{script}/analysis.done" for run in runs for script in ANALYSES]
+
+
 def all_targets():
     """Every run trained, and every listed analysis of it."""
     targets = expand(rules.train.output.done, run=sorted(RUNS))
