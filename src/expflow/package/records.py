@@ -200,8 +200,7 @@ class RecordWriter:
 
     ``log`` checks and encodes the record on the calling thread (so a bad value raises
     there, and a record's bytes are fixed when ``log`` returns), hands the line to a
-    background writer thread and returns: a few microseconds, no system call, no wake-up
-    (the writer takes what is queued every ``_IDLE_WAIT_S``, 50 ms).
+    background writer thread, wakes it and returns: a few microseconds, no system call.
     The writer appends the queued lines in order with ``os.write`` on an ``O_APPEND``
     descriptor, whole lines only.
 
@@ -214,8 +213,7 @@ class RecordWriter:
     are kept as an in-order prefix (the writer never skips one).
     """
 
-    # The writer checks for pending lines this often (log() does not wake it; flush(), close()
-    # and the rare record kinds do): a record reaches the file within about this time.
+    # The writer re-checks for pending lines at least this often even if no wake-up came.
     _IDLE_WAIT_S = 0.05
     # Pause between writes while log() calls keep coming (bounds the writer's GIL takeovers).
     _COALESCE_S = 0.02
@@ -247,6 +245,7 @@ class RecordWriter:
         self._first_seq = self._seq
         self._error: BaseException | None = None
         self._closing = False
+        self._idle = False
         self._wake = threading.Event()
         self._done = threading.Condition()
         self._thread = threading.Thread(target=self._drain_forever, name="expflow-records", daemon=True)
@@ -289,9 +288,12 @@ class RecordWriter:
             self._pending.append(line)
         self._seq = seq + 1
         self._queued += 1
-        # No wake-up: the writer looks for lines every _IDLE_WAIT_S on its own. Waking it here
-        # (an Event.set per record, then the thread taking the GIL back mid-step) cost the
-        # training loop ~1-2% per step (benchmarks/runner_overhead.py); flush() still wakes it.
+        # Woken at once (not left to its _IDLE_WAIT_S poll): a command run's program can write a
+        # checkpoint a moment after logging, and a kill in between must not leave the package
+        # with the checkpoint but without the records before it. Costs ~1% per step (the
+        # thread taking the GIL back mid-step; benchmarks/runner_overhead.py).
+        if self._idle:
+            self._wake.set()
         return seq
 
     def _key(self, name: Any) -> str:
@@ -390,8 +392,11 @@ class RecordWriter:
                 if not self._pending:
                     if self._closing:
                         return
-                    wake.wait(self._IDLE_WAIT_S)
-                    wake.clear()  # a flush() that set it after this wait re-sets it while it waits
+                    self._idle = True
+                    if not self._pending and not self._closing:  # log() may have queued before seeing _idle
+                        wake.wait(self._IDLE_WAIT_S)
+                    wake.clear()
+                    self._idle = False
                     continue
                 with lock:
                     lines, self._pending = self._pending, []
