@@ -214,6 +214,7 @@ def write_e2e_runs(data: Path, steps: int, n_metrics: int, seed: int = 0) -> dic
     written once per (steps, metrics) and reused."""
     import contextlib
     import os
+    from unittest import mock
 
     marker = data / f"done-{steps}-{n_metrics}.txt"
     paths = {fw: data / fw for fw in FRAMEWORKS}
@@ -226,30 +227,21 @@ def write_e2e_runs(data: Path, steps: int, n_metrics: int, seed: int = 0) -> dic
     for fw, root in paths.items():
         root.mkdir(parents=True, exist_ok=True)
         env = dict(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_CONSOLE="off", WANDB_DISABLE_GIT="true")
-        old = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            with contextlib.redirect_stdout(open(os.devnull, "w")):
-                run = wandb.init(project="bench", name=fw, dir=str(root), settings=wandb.Settings(x_disable_stats=True))
-                for key, (pattern) in ((k, k.split("/")[0] + "/*") for k in groups):
-                    run.define_metric(key)
-                    run.define_metric(pattern, step_metric=key)
-                for s in range(steps):
-                    for (key, _prefix, _share, every) in E2E_GROUPS:
-                        if s % every or (key == "rollout/step" and rng.random() < 0.02):
-                            continue  # eval every 10 steps; 2% of rollouts never logged
-                        row = {key: s}
-                        for m in groups[key]:
-                            if rng.random() < 0.97:
-                                row[m] = float(rng.normal()) if rng.random() > 0.005 else float("nan")
-                        run.log(row)
-                run.finish()
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        with mock.patch.dict(os.environ, env), contextlib.redirect_stdout(open(os.devnull, "w")):
+            run = wandb.init(project="bench", name=fw, dir=str(root), settings=wandb.Settings(x_disable_stats=True))
+            for key, (pattern) in ((k, k.split("/")[0] + "/*") for k in groups):
+                run.define_metric(key)
+                run.define_metric(pattern, step_metric=key)
+            for s in range(steps):
+                for (key, _prefix, _share, every) in E2E_GROUPS:
+                    if s % every or (key == "rollout/step" and rng.random() < 0.02):
+                        continue  # eval every 10 steps; 2% of rollouts never logged
+                    row = {key: s}
+                    for m in groups[key]:
+                        if rng.random() < 0.97:
+                            row[m] = float(rng.normal()) if rng.random() > 0.005 else float("nan")
+                    run.log(row)
+            run.finish()
     marker.write_text("ok\n")
     return paths
 
