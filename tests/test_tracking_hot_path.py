@@ -98,6 +98,31 @@ def test_log_never_writes_in_the_callers_thread(tmp_path, monkeypatch):
     assert [r["step"] for r in scan_records(tmp_path / "records.log").records] == list(range(n))
 
 
+def test_wake_choice_decides_whether_log_wakes_the_writer(tmp_path, monkeypatch):
+    """``wake=False`` (expflow's own loop, which flushes before each checkpoint): ``log``
+    never wakes the writer; ``wake=True`` (a command run's supervisor): an idle writer is
+    woken by ``log`` and writes the record without a flush. (The writer's own poll is made
+    an hour here, so only a wake-up can move it.)"""
+    monkeypatch.setattr(RecordWriter, "_IDLE_WAIT_S", 3600.0)
+    for wake in (False, True):
+        p = tmp_path / f"records-{wake}.log"
+        with RecordWriter(p, wake=wake) as w:
+            deadline = time.monotonic() + 60
+            while not w._idle:  # the writer thread is waiting for lines, for an hour
+                assert time.monotonic() < deadline
+                time.sleep(0.001)
+            for i in range(100):
+                w.log(FIVE, step=i)
+            if wake:
+                while len(scan_records(p).records) < 100:  # written with no flush
+                    assert time.monotonic() < deadline
+                    time.sleep(0.001)
+            else:
+                assert scan_records(p).records == []  # nothing woke the writer
+            assert w.flush() == 99
+        assert [r["step"] for r in scan_records(p).records] == list(range(100))
+
+
 def _read_acks(proc: subprocess.Popen, acks: list[int]) -> None:
     assert proc.stdout is not None
     for line in proc.stdout:

@@ -108,7 +108,8 @@ def _execute(pkg: SavePackage, resume: str | int | None, env: Any, logs: Any) ->
     # Find and verify the checkpoint before touching the package: a bad one must not
     # turn a package into CRASHED or append anything to it.
     checkpoint = checkpoint_to_resume(pkg, resume) if resume is not None else None
-    writer = pkg.record_writer() if main else None
+    # Not woken per record: the loop flushes before every checkpoint it writes (loop.py).
+    writer = pkg.record_writer(wake=False) if main else None
     heartbeat = Heartbeat(pkg, float(cfg.trainer.heartbeat_s)) if main else None
     tracker = None
     failed = False

@@ -473,8 +473,8 @@ class SavePackage:
             for p in sorted(self.logs_dir.glob("rank*.*")):
                 shapes.expect_file(p, "log")
 
-    def record_writer(self) -> RecordWriter:
-        return RecordWriter(self.records_path)
+    def record_writer(self, *, wake: bool = True) -> RecordWriter:
+        return RecordWriter(self.records_path, wake=wake)
 
 
 def _max_epochs(config: dict[str, Any]) -> int | None:

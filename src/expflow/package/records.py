@@ -200,9 +200,22 @@ class RecordWriter:
 
     ``log`` checks and encodes the record on the calling thread (so a bad value raises
     there, and a record's bytes are fixed when ``log`` returns), hands the line to a
-    background writer thread, wakes it and returns: a few microseconds, no system call.
-    The writer appends the queued lines in order with ``os.write`` on an ``O_APPEND``
-    descriptor, whole lines only.
+    background writer thread and returns: a few microseconds, no system call. The writer
+    appends the queued lines in order with ``os.write`` on an ``O_APPEND`` descriptor,
+    whole lines only.
+
+    When the writer looks for lines is the ``wake`` choice:
+
+    - ``wake=True`` (the default): ``log`` wakes an idle writer, so a record reaches the
+      file within moments. For a writer fed by a program that writes its own checkpoints
+      (a command run's supervisor): the program may checkpoint right after logging, and a
+      kill in between must not leave a checkpoint without the records before it.
+    - ``wake=False``: the writer takes what is queued every ``_IDLE_WAIT_S`` (50 ms) on its
+      own; ``log`` is then no wake-up either (an ``Event.set`` per record, and the writer
+      taking the GIL back mid-step, cost a training loop ~1% per step:
+      ``benchmarks/runner_overhead.py``). For a caller that calls :meth:`flush` before
+      anything that must not outrun its records, as expflow's own loop does before every
+      checkpoint.
 
     *Acknowledged* means: in the file (the kernel's page cache, which survives the
     process being killed with SIGKILL; :meth:`close` and :meth:`sync` fsync for power
@@ -218,8 +231,9 @@ class RecordWriter:
     # Pause between writes while log() calls keep coming (bounds the writer's GIL takeovers).
     _COALESCE_S = 0.02
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], *, wake: bool = True):
         self.path = Path(path)
+        self._wake_per_record = wake
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -288,11 +302,7 @@ class RecordWriter:
             self._pending.append(line)
         self._seq = seq + 1
         self._queued += 1
-        # Woken at once (not left to its _IDLE_WAIT_S poll): a command run's program can write a
-        # checkpoint a moment after logging, and a kill in between must not leave the package
-        # with the checkpoint but without the records before it. Costs ~1% per step (the
-        # thread taking the GIL back mid-step; benchmarks/runner_overhead.py).
-        if self._idle:
+        if self._idle and self._wake_per_record:  # see the class docstring: ``wake``
             self._wake.set()
         return seq
 
