@@ -210,10 +210,10 @@ class RecordWriter:
       file within moments. For a writer fed by a program that writes its own checkpoints
       (a command run's supervisor): the program may checkpoint right after logging, and a
       kill in between must not leave a checkpoint without the records before it.
-    - ``wake=False``: the writer takes what is queued every ``_IDLE_WAIT_S`` (50 ms) on its
-      own; ``log`` is then no wake-up either (an ``Event.set`` per record, and the writer
+    - ``wake=False``: ``log`` wakes nothing; the writer takes what is queued every
+      ``_IDLE_WAIT_S`` (50 ms) on its own. (An ``Event.set`` per record, and the writer
       taking the GIL back mid-step, cost a training loop ~1% per step:
-      ``benchmarks/runner_overhead.py``). For a caller that calls :meth:`flush` before
+      ``benchmarks/runner_overhead.py``.) For a caller that calls :meth:`flush` before
       anything that must not outrun its records, as expflow's own loop does before every
       checkpoint.
 
