@@ -152,3 +152,30 @@ def test_failure_is_reported_and_a_retry_continues(slurm, tmp_path):
     assert statuses == {failed.path.name: "CRASHED", retried.path.name: "COMPLETED"}
     shown = run_cli("show", str(failed.path))
     assert "CRASHED" in shown.stdout and "ValueError" in shown.stdout and "momentum" in shown.stdout
+
+
+def test_runs_share_allocations_with_group_components(slurm, tmp_path):
+    """Many tiny runs: a run's package, train and analyze jobs are one group, and
+    --group-components runs=3 puts three runs in one Slurm allocation."""
+    wf = workflow(["seed=range(6)"], ["trainer.max_epochs=1", "gpu.count=1"])
+    wf["analyze"] = {"scripts": ["accuracy"]}
+    proj = make_project(tmp_path, wf)
+    proc = run_on_slurm(proj, tmp_path, "--group-components", "runs=3")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    pkgs = packages(proj)
+    assert len(pkgs) == 6
+    allocations: dict[str, list[tuple[float, float, int]]] = {}
+    for pkg in pkgs.values():
+        m = pkg.manifest()
+        assert pkg.status() is Status.COMPLETED
+        assert (pkg.analysis_dir / "accuracy" / "analysis.done").is_file()
+        (job,) = m["scheduler_jobs"]
+        (lease,) = m["leases"]
+        allocations.setdefault(job["job_id"], []).append((lease["acquired"], lease["released"], m["gpus"][0]))
+    # Two allocations of three runs each (their package, train and analyze jobs inside).
+    assert sorted(len(v) for v in allocations.values()) == [3, 3], allocations
+    for job_id, spans in allocations.items():
+        assert sacct_state(job_id) == "COMPLETED"
+        for device in {d for _, _, d in spans}:  # within an allocation, one run per device at a time
+            mine = sorted((s, e) for s, e, d in spans if d == device)
+            assert all(s2 >= e1 for (_, e1), (s2, _) in zip(mine, mine[1:], strict=False))

@@ -92,7 +92,7 @@ SCHEMA = REPO / "workflows" / "schemas" / "workflow.schema.yaml"
 def test_workflow_config_defaults_are_filled():
     config = {"sweep": "seed=1", "train": {"retries": 0}}
     validate_workflow_config(config, SCHEMA)
-    assert config["train"] == {"retries": 0, "threads": 1, "mem_mb": 2000, "runtime": 60}
+    assert config["train"] == {"retries": 0, "threads": 1, "mem_mb": 2000, "runtime": 60, "estimate": None}
     assert config["align"] == {"enabled": False, "spec": "conf/align/workflow.yaml", "out": None, "strict": False}
     assert config["runs_dir"] == "runs" and config["sync"]["target"] is None
 

@@ -14,15 +14,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from expflow.errors import PackageError, RunCrashed
+from expflow.errors import ExpflowError, PackageError, RunCrashed
 from expflow.package import SavePackage, Status
 from expflow.paths import check_package_writable, check_writable
+
+if TYPE_CHECKING:
+    from expflow.gpu import Placement
 
 
 @dataclass
@@ -86,14 +90,17 @@ def train(
 
 
 def run_package(pkg: SavePackage, *, from_snapshot: bool = True, wait: bool = True,
-                resume: str | int | None = None, completed: bool = False) -> RunResult:
+                resume: str | int | None = None, completed: bool = False,
+                placement: Placement | None = None) -> RunResult:
     """Train a package to the end, or continue it after a crash; a COMPLETED package is left as
     it is unless ``completed`` (``expflow continue --force``).
 
     ``resume``: the checkpoint to continue from (a step or ``"latest"``); by default the
     latest once the package has been started. Leases the run's GPUs first (status QUEUED while
     waiting) and releases them on every exit path. This is what the workflow's train rule and
-    ``expflow continue`` run, retries included.
+    ``expflow continue`` run, retries included. ``placement``: GPUs the caller leased already
+    from the package's recorded request (``expflow run`` leases before its heavy imports);
+    the caller releases them.
     """
     from expflow.gpu import place_job
     from expflow.runner import is_command
@@ -116,9 +123,12 @@ def run_package(pkg: SavePackage, *, from_snapshot: bool = True, wait: bool = Tr
 
     # Claimed (QUEUED) from here: killed before the run leaves QUEUED, the package shows CRASHED.
     claimed = pkg.claim()
-    with claimed, place_job(int(gpu.count), int(gpu.mem_mb), int(gpu.max_jobs_per_gpu), bool(gpu.allow_cpu),
-                            owner=str(pkg.path.resolve()), on_wait=waiting, wait=wait) as placement:
-        acquired = time.time()
+    owned = placement is None
+    leased = (nullcontext(placement) if placement is not None else
+              place_job(int(gpu.count), int(gpu.mem_mb), int(gpu.max_jobs_per_gpu), bool(gpu.allow_cpu),
+                        owner=str(pkg.path.resolve()), on_wait=waiting, wait=wait))
+    with claimed, leased as placement:
+        acquired = placement.acquired
 
         def record_lease(m: dict[str, Any]) -> None:
             m["gpus"] = placement.gpus
@@ -147,8 +157,45 @@ def run_package(pkg: SavePackage, *, from_snapshot: bool = True, wait: bool = Tr
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-            released = time.time()
-            pkg.update_manifest(lambda m: m["leases"][-1].update(released=released))
+            if owned:  # a caller's placement: the caller records its release, when it releases
+                record_release(pkg)
+
+
+def asked_devices(pkg: SavePackage) -> tuple[int, str | None]:
+    """The GPUs the run's config asks for (gpu.count) and its trainer.device; (0, None) when
+    the config is unreadable (the manifest says the rest)."""
+    from expflow.package.package import read_plain_config
+
+    try:
+        cfg = read_plain_config(pkg.config_path)
+    except ExpflowError:
+        return 0, None
+    gpu, trainer = (cfg.get(k) if isinstance(cfg.get(k), dict) else {} for k in ("gpu", "trainer"))
+    try:
+        return int(gpu.get("count") or 0), trainer.get("device")
+    except (TypeError, ValueError):
+        return 0, None
+
+
+def fallback_note(pkg: SavePackage) -> str | None:
+    """The CPU fallback line of a package that has run (None when it did not fall back)."""
+    from expflow.gpu import cpu_fallback_line
+
+    m = pkg.manifest()
+    gpu_count, trainer_device = asked_devices(pkg)
+    return cpu_fallback_line(m.get("device"), m.get("gpus"), gpu_count, trainer_device)
+
+
+def record_release(pkg: SavePackage) -> None:
+    """Record in the manifest that the run's last lease is released (now); nothing when no
+    lease is open there (the run stopped before it recorded one)."""
+    released = time.time()
+
+    def change(m: dict[str, Any]) -> None:
+        if m.get("leases") and m["leases"][-1].get("released") is None:
+            m["leases"][-1]["released"] = released
+
+    pkg.update_manifest(change)
 
 
 def launch(

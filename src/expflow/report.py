@@ -42,7 +42,8 @@ def load_runs(runs_dir: str | os.PathLike[str]) -> tuple[list[RunData], list[str
     from expflow.analysis import analysis_records
     from expflow.analysis.metrics import metric_series
     from expflow.package import SavePackage
-    from expflow.status_board import Board, read_config, select
+    from expflow.package.package import read_plain_config
+    from expflow.status_board import Board, select
 
     board = Board(runs_dir)
     rows = grouped(select(board.rows(), sort="created"))
@@ -52,7 +53,7 @@ def load_runs(runs_dir: str | os.PathLike[str]) -> tuple[list[RunData], list[str
                      disable=not os.isatty(2) or len(rows) < 50):
         pkg = SavePackage(row.path)
         runs.append(RunData(row, colors[row.run_id], metric_series(pkg.scan_records().records),
-                            overridden(row.overrides), read_config(pkg.config_path), analysis_records(pkg)))
+                            overridden(row.overrides), read_plain_config(pkg.config_path), analysis_records(pkg)))
     return runs, board.skipped
 
 

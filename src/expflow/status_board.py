@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from expflow.errors import ExpflowError
+from expflow.gpu import cpu_fallback
 
 STATUS_ORDER = ("RUNNING", "PREPARING", "QUEUED", "CRASHED", "COMPLETED")
 STATUS_STYLE = {"COMPLETED": "green", "RUNNING": "cyan", "PREPARING": "blue", "QUEUED": "yellow",
@@ -177,11 +178,6 @@ def training_seconds(history: Sequence[dict[str, Any]], end: float | None) -> fl
     return total if ran else None
 
 
-def cpu_fallback(device: Any, gpus: Any, gpu_count: int, trainer_device: Any) -> bool:
-    """Whether a run that asked for GPUs (gpu.count, trainer.device not cpu) trained on the CPU."""
-    return bool(gpu_count) and str(device) == "cpu" and not gpus and str(trainer_device) != "cpu"
-
-
 def _records_summary(path: Path) -> dict[str, Any]:
     from expflow.package import effective_metrics, last_values, scan_records
 
@@ -190,24 +186,10 @@ def _records_summary(path: Path) -> dict[str, Any]:
     return {"last": last_values(records), "step": int(effective[-1]["step"]) if effective else 0}
 
 
-def read_config(path: Path) -> dict[str, Any]:
-    """A package's resolved config as plain data (PyYAML's C loader: ~10x OmegaConf's speed)."""
-    import yaml
-
-    from expflow.package import shapes
-
-    try:
-        cfg = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except (OSError, yaml.YAMLError):
-        return {}
-    if not isinstance(cfg, dict):
-        return {}
-    shapes.check(cfg, shapes.config_shape(), path, "config")  # wrong types: the package is listed as unreadable
-    return cfg
-
-
 def _config_summary(path: Path) -> dict[str, Any]:
-    cfg = read_config(path)
+    from expflow.package.package import read_plain_config
+
+    cfg = read_plain_config(path)
     lifecycle = cfg.get("lifecycle") or {}
     trainer = cfg.get("trainer") or {}
     from expflow.runner import is_command

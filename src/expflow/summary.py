@@ -13,6 +13,8 @@ from rich.table import Table
 
 from expflow.analysis import analysis_records, headline
 from expflow.errors import ExpflowError
+from expflow.gpu import cpu_fallback_line
+from expflow.launch import asked_devices
 from expflow.package import SavePackage, last_values
 from expflow.package.records import RecordScan
 from expflow.package.status import Status
@@ -44,7 +46,7 @@ def package_summary(pkg: SavePackage) -> dict[str, Any]:
         checkpoints = [{"error": _one_line(e)}]
         damaged.append(_one_line(e))
     heartbeat, heartbeat_problem = pkg.read_heartbeat()
-    gpu_count, trainer_device = _asked_devices(pkg)
+    gpu_count, trainer_device = asked_devices(pkg)
     analyses = sorted(p.name for p in pkg.analysis_dir.iterdir() if not p.name.startswith(".")) if pkg.analysis_dir.is_dir() else []
     return {
         "run_id": m.get("run_id"),
@@ -81,22 +83,6 @@ def package_summary(pkg: SavePackage) -> dict[str, Any]:
         "damaged": damaged,
         "warnings": [f"{heartbeat_problem} (ignored: treated as no heartbeat)"] if heartbeat_problem else [],
     }
-
-
-def _asked_devices(pkg: SavePackage) -> tuple[int, str | None]:
-    """The GPUs the run's config asks for (gpu.count) and its trainer.device; (0, None) when
-    the config is unreadable (the manifest says the rest)."""
-    from expflow.status_board import read_config
-
-    try:
-        cfg = read_config(pkg.config_path)
-    except ExpflowError:
-        return 0, None
-    gpu, trainer = (cfg.get(k) if isinstance(cfg.get(k), dict) else {} for k in ("gpu", "trainer"))
-    try:
-        return int(gpu.get("count") or 0), trainer.get("device")
-    except (TypeError, ValueError):
-        return 0, None
 
 
 def error_tail(pkg: SavePackage, lines: int = 30, log: str | None = None) -> list[str]:
@@ -152,7 +138,8 @@ def render_summary(summary: dict[str, Any], pkg: SavePackage, console: Console) 
     for k, v in rows:
         head.add_row(k, v)
     console.print(head)
-    fallback = cpu_fallback_line(summary)
+    fallback = cpu_fallback_line(summary.get("device"), summary.get("gpus"), summary.get("gpu_count") or 0,
+                                 summary.get("trainer_device"))
     if fallback:
         console.print(f"[yellow]{escape(fallback)}[/]")
     ck = Table(title="checkpoints", title_justify="left")
@@ -211,25 +198,6 @@ def device_text(summary: dict[str, Any]) -> str:
     if device is None:
         return "not chosen yet"
     return "the CPU" if str(device) == "cpu" else str(device)
-
-
-def cpu_fallback_line(summary: dict[str, Any]) -> str | None:
-    """One line when a run that asked for GPUs trained on the CPU (none was available)."""
-    from expflow.status_board import cpu_fallback
-
-    wanted = summary.get("gpu_count") or 0
-    if cpu_fallback(summary.get("device"), summary.get("gpus"), wanted, summary.get("trainer_device")):
-        return (f"ran on the CPU: it asked for {wanted} GPU(s) and none was available "
-                "(gpu.allow_cpu=true let it fall back)")
-    return None
-
-
-def fallback_note(pkg: SavePackage) -> str | None:
-    """The CPU fallback line of a package that has run (None when it did not fall back)."""
-    m = pkg.manifest()
-    gpu_count, trainer_device = _asked_devices(pkg)
-    return cpu_fallback_line({"device": m.get("device"), "gpus": m.get("gpus"), "gpu_count": gpu_count,
-                              "trainer_device": trainer_device})
 
 
 def trained_text(summary: dict[str, Any]) -> str:

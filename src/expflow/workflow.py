@@ -43,16 +43,35 @@ class RunSpec:
     overrides: tuple[str, ...]
     gpus: int
     gpu_mem_mb: int
+    # Filled in only when the workflow packs its runs (a duration is known): the id of the
+    # run's config without its seed (runs differing only in seed share it), and the value
+    # of the config key named by ``train.estimate``.
+    family: str = ""
+    estimate: float | None = None
 
     @property
     def override_line(self) -> str:
         return " ".join(shlex.quote(o) for o in self.overrides)
 
 
-def config_id(plain: dict[str, Any]) -> str:
-    """The run id of an unresolved config: a hash of everything but the run's name and place."""
-    body = {k: v for k, v in plain.items() if k not in ID_EXCLUDED_KEYS}
+def config_id(plain: dict[str, Any], exclude: Sequence[str] = ()) -> str:
+    """The run id of an unresolved config: a hash of everything but the run's name and place
+    (and the keys in ``exclude``: ``("seed",)`` gives the id of the run's family)."""
+    body = {k: v for k, v in plain.items() if k not in ID_EXCLUDED_KEYS and k not in exclude}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _number_at(plain: dict[str, Any], dotted: str) -> float | None:
+    """The number at ``dotted`` in an unresolved config; None when absent or not a number
+    (an interpolation, a string)."""
+    node: Any = plain
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    if isinstance(node, bool) or not isinstance(node, (int, float)):
+        return None
+    return float(node)
 
 
 def composed_id(overrides: Sequence[str], config_dir: str | os.PathLike[str] | None = None) -> str:
@@ -90,13 +109,19 @@ def _with_path(node: Any, path: list[str], value: Any, delete: bool) -> Any:
 class Planner:
     """Expands sweep lines into run specs; caches compositions and parsed overrides."""
 
-    def __init__(self, config_dir: str | os.PathLike[str] | None = None):
+    def __init__(self, config_dir: str | os.PathLike[str] | None = None, *, families: bool = False,
+                 estimate: str | None = None):
+        """``families``: give each run its family id; ``estimate``: read each run's duration
+        estimate from this config key (both only for packing: they cost a hash per run)."""
         self.config_dir = conf_dir(config_dir)
+        self.families = families
+        self.estimate = estimate
         self._parser = OverridesParser.create()
         self._parsed: dict[str, Override] = {}
         self._bases: dict[tuple[str, ...], tuple[DictConfig, dict[str, Any]]] = {}
         self._values: dict[tuple[tuple[str, ...], str], tuple[list[str], Any, bool]] = {}
         self._sweeper: dict[tuple[str, ...], dict[str, str]] = {}
+        self._groups: dict[str, bool] = {}
 
     def parse(self, text: str) -> Override:
         o = self._parsed.get(text)
@@ -110,12 +135,17 @@ class Planner:
 
     def is_group(self, o: Override) -> bool:
         key = o.key_or_group
-        return (self.config_dir / key).is_dir() or key.startswith("hydra/")
+        found = self._groups.get(key)
+        if found is None:
+            found = self._groups[key] = (self.config_dir / key).is_dir() or key.startswith("hydra/")
+        return found
 
-    def base(self, groups: tuple[str, ...]) -> tuple[DictConfig, dict[str, Any]]:
+    def base(self, groups: tuple[str, ...], composed: DictConfig | None = None) -> tuple[DictConfig, dict[str, Any]]:
+        """The config of ``groups`` (group overrides only), composed once; ``composed``: that
+        composition, already made (without its hydra node)."""
         found = self._bases.get(groups)
         if found is None:
-            cfg = compose_config(list(groups), config_dir=self.config_dir)
+            cfg = composed if composed is not None else compose_config(list(groups), config_dir=self.config_dir)
             validate_config(cfg)
             found = (cfg, OmegaConf.to_container(cfg, resolve=False))  # type: ignore[assignment]
             self._bases[groups] = found  # type: ignore[assignment]
@@ -161,8 +191,15 @@ class Planner:
     def sweeper_params(self, fixed: tuple[str, ...]) -> dict[str, str]:
         found = self._sweeper.get(fixed)
         if found is None:
-            found = sweeper_params(compose_config(list(fixed), config_dir=self.config_dir, return_hydra_config=True))
+            cfg = compose_config(list(fixed), config_dir=self.config_dir, return_hydra_config=True)
+            found = sweeper_params(cfg)
             self._sweeper[fixed] = found
+            if fixed not in self._bases and all(self.is_group(self.parse(t)) for t in fixed):
+                # Group overrides only: less its hydra node (what Hydra's compose drops), this
+                # is the base config of every run whose groups these are: one composition less.
+                with open_dict(cfg):
+                    del cfg["hydra"]
+                self.base(fixed, composed=cfg)
         return found
 
     def expand(self, line: str | Sequence[str], common: Sequence[str] = ()) -> list[RunSpec]:
@@ -180,7 +217,9 @@ class Planner:
                 path, value, delete = self.value(groups, o)
                 plain = _with_path(plain, path, value, delete)
             gpu = plain.get("gpu") or {}
-            specs.append(RunSpec(config_id(plain), tuple(job), _as_int(gpu.get("count"), 1), _as_int(gpu.get("mem_mb"), 0)))
+            specs.append(RunSpec(config_id(plain), tuple(job), _as_int(gpu.get("count"), 1), _as_int(gpu.get("mem_mb"), 0),
+                                 family=config_id(plain, exclude=("seed",)) if self.families else "",
+                                 estimate=_number_at(plain, self.estimate) if self.estimate else None))
         return specs
 
     def plan(self, sweep: Iterable[str | Sequence[str]], common: Sequence[str] = ()) -> dict[str, RunSpec]:
@@ -228,11 +267,69 @@ def cluster_resources(config: dict[str, Any], environ: dict[str, str] | None = N
     return out
 
 
-def plan_workflow(config: dict[str, Any]) -> dict[str, RunSpec]:
+def plan_workflow(config: dict[str, Any], *, families: bool = False) -> dict[str, RunSpec]:
+    """Every run of the workflow config, by id. ``families``: also each run's family id
+    (for packing by the train times of earlier runs)."""
     settings = workflow_settings(config)
     if not settings["sweep"]:
         settings["sweep"] = [""]  # the default config alone
-    return Planner(Path(settings["config_dir"])).plan(settings["sweep"], settings["common"])
+    estimate = (settings.get("train") or {}).get("estimate")
+    planner = Planner(Path(settings["config_dir"]), families=families, estimate=estimate)
+    runs = planner.plan(settings["sweep"], settings["common"])
+    if estimate and all(spec.estimate is None for spec in runs.values()):
+        raise ConfigError(f"workflow config key 'train.estimate': {estimate!r} is not a number in any run's config "
+                          "(name a config key that holds one, e.g. trainer.max_epochs, or null)")
+    return runs
+
+
+# -- packing: longer runs first ----------------------------------------------------------
+def train_seconds(benchmark_dir: str | os.PathLike[str]) -> dict[str, float]:
+    """Wall seconds of each earlier train job, by run id, from the ``benchmark:`` files
+    Snakemake wrote (a tab-separated header and one row per repeat, seconds first). An
+    unreadable or malformed file is skipped: it only loses an estimate."""
+    seconds: dict[str, float] = {}
+    try:
+        entries = list(os.scandir(benchmark_dir))
+    except OSError:
+        return seconds
+    for entry in entries:
+        if not entry.name.endswith(".tsv"):
+            continue
+        try:
+            with open(entry.path, encoding="utf-8") as f:
+                header, row = f.readline().split("\t"), f.readline().split("\t")
+            if header[0].strip() == "s":
+                seconds[entry.name[: -len(".tsv")]] = float(row[0])
+        except (OSError, UnicodeDecodeError, ValueError, IndexError):
+            continue
+    return seconds
+
+
+def run_priorities(runs: dict[str, RunSpec], history: dict[str, float]) -> dict[str, int]:
+    """Snakemake job priorities that start longer runs first (longest-processing-time order).
+
+    A run's estimate is its ``train.estimate`` value when the config has one, else the mean
+    train time of the earlier runs of its family (``history``: seconds by run id). Runs
+    without either sit at the median estimate. Priorities are ranks (1 for the shortest);
+    empty when nothing is known, so every job keeps Snakemake's default priority 0.
+    Estimates from the two sources are never compared: with any config estimate, only
+    config estimates count.
+    """
+    if any(spec.estimate is not None for spec in runs.values()):
+        known = {rid: spec.estimate for rid, spec in runs.items() if spec.estimate is not None}
+    else:
+        by_family: dict[str, list[float]] = {}
+        for rid, spec in runs.items():
+            if spec.family and rid in history:
+                by_family.setdefault(spec.family, []).append(history[rid])
+        known = {rid: sum(by_family[spec.family]) / len(by_family[spec.family])
+                 for rid, spec in runs.items() if spec.family in by_family}
+    if not known:
+        return {}
+    ranks = {value: i + 1 for i, value in enumerate(sorted(set(known.values())))}
+    ordered = sorted(known.values())
+    median = ordered[(len(ordered) - 1) // 2]
+    return {rid: ranks[known.get(rid, median)] for rid in runs}  # type: ignore[index]
 
 
 # -- the workflow config, checked at Snakefile parse time -----------------------------

@@ -12,6 +12,7 @@ if ANALYSES:
         benchmark:
             f"{WORKFLOW_DIR}/benchmarks/analyze/{{run}}.tsv"
         threads: 1
+        group: RUN_GROUP
         resources:
             gpu=config["analyze"]["gpus"],
             mem_mb=config["analyze"]["mem_mb"],

@@ -6,6 +6,8 @@ from expflow.workflow import (
     cluster_resources,
     config_errors_exit,
     plan_workflow,
+    run_priorities,
+    train_seconds,
     validate_workflow_config,
     workflow_settings,
 )
@@ -16,11 +18,15 @@ with config_errors_exit():
     # The schema's defaults are filled in (as snakemake.utils.validate would).
     validate_workflow_config(config, workflow.source_path("../schemas/workflow.schema.yaml"))
     config.update(workflow_settings(config))
+    RUNS_DIR = config["runs_dir"]
+    WORKFLOW_DIR = f"{RUNS_DIR}/.workflow"
+    # Train times of earlier runs (the train rule's benchmark files), for packing.
+    TRAIN_SECONDS = train_seconds(f"{WORKFLOW_DIR}/benchmarks/train")
     # Hydra's parser expands the sweep here, at DAG-build time: every run id is known up front.
-    RUNS = plan_workflow(config)
-
-RUNS_DIR = config["runs_dir"]
-WORKFLOW_DIR = f"{RUNS_DIR}/.workflow"
+    RUNS = plan_workflow(config, families=bool(TRAIN_SECONDS))
+    # Longer runs first (LPT order) through Snakemake's job priorities, when a duration is
+    # known: train.estimate, or the train times of earlier runs of the same family.
+    PRIORITIES = run_priorities(RUNS, TRAIN_SECONDS)
 
 
 def on_failure(rule_name):
@@ -46,6 +52,22 @@ wildcard_constraints:
 def run_overrides(wildcards):
     """The run's overrides, quoted for the shell."""
     return RUNS[wildcards.run].override_line
+
+
+def run_priority(wildcards):
+    """The run's packing priority (higher starts first), for its package and train jobs."""
+    return PRIORITIES.get(wildcards.run, 0)
+
+
+# Without any estimate every job keeps priority 0, and Snakemake is spared a call per job.
+RUN_PRIORITY = run_priority if PRIORITIES else 0
+
+
+# A run's train and analyze jobs form one group: on a cluster, one allocation per run, and
+# `--group-components runs=N` puts N runs in one allocation (many tiny runs). Not the
+# package job: when a group fails, Snakemake removes the outputs of all its jobs, and a
+# package's config.yaml is not a marker to redo. Groups change nothing in a local run.
+RUN_GROUP = "runs"
 
 
 def run_gpus(wildcards):

@@ -6,6 +6,7 @@ rule package:
         f"{WORKFLOW_DIR}/logs/package/{{run}}.log",
     benchmark:
         f"{WORKFLOW_DIR}/benchmarks/package/{{run}}.tsv"
+    priority: RUN_PRIORITY
     resources:
         mem_mb=1000,
         runtime=10,

@@ -9,6 +9,8 @@ rule train:
     benchmark:
         f"{WORKFLOW_DIR}/benchmarks/train/{{run}}.tsv"
     threads: config["train"]["threads"]
+    priority: RUN_PRIORITY
+    group: RUN_GROUP
     resources:
         gpu=GPU_RESOURCE,
         mem_mb=config["train"]["mem_mb"],

@@ -262,6 +262,7 @@ MANIFEST = Obj(
         "progress": Nullable(Obj({"epoch": Nullable(COUNT), "step": Nullable(COUNT), "max_epochs": Nullable(INT),
                                   "steps_per_epoch": Nullable(COUNT)})),
         "lease": Nullable(OBJECT),
+        "lease_request": Nullable(Obj({"count": INT, "mem_mb": INT, "max_jobs_per_gpu": INT, "allow_cpu": BOOL})),
         "leases": ListOf(Obj({"gpus": Nullable(ListOf(ANY)), "acquired": Nullable(NUMBER),
                               "released": Nullable(NUMBER)})),
         "scheduler_jobs": ListOf(OBJECT),

@@ -1,0 +1,53 @@
+"""The manifest's name, format and the one fact read before everything else: what the run
+leases. Light on purpose (json only): ``expflow run`` reads its GPU request here and leases
+its devices before it imports OmegaConf, the package and the trainer, so that a device a
+train job freed is taken by the next one within ~0.1 s (benchmarks/gpu_packing.py).
+Everything else about the manifest is read and written by :class:`expflow.package.SavePackage`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+FORMAT = "expflow.package/1"
+MANIFEST = "manifest.json"
+
+# What gpu.* asks for, as ``expflow.gpu.place_job`` takes it.
+LEASE_KEYS = {"count": int, "mem_mb": int, "max_jobs_per_gpu": int, "allow_cpu": bool}
+# A package in one of these states is (re)started by `expflow run`: the early lease is for them.
+STARTABLE = ("QUEUED", "CRASHED", "FAILED")
+
+
+def lease_request_of(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The lease request of a resolved run config (its ``gpu`` section), for the manifest;
+    None when a value is not of its type (then the run is leased from its config)."""
+    gpu = config.get("gpu")
+    if not isinstance(gpu, dict):
+        return None
+    request = {key: gpu.get(key) for key in LEASE_KEYS}
+    if any(type(v) is not t for (k, t), v in zip(LEASE_KEYS.items(), request.values(), strict=True)):
+        return None
+    return request
+
+
+def lease_request(package_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The recorded lease request of a package that `expflow run` would start; None for
+    anything else (no or a damaged manifest, another format, a COMPLETED or live run, a
+    package written before the request was recorded): that run is leased the usual way,
+    after its package has been checked, and any error is reported there."""
+    try:
+        with open(Path(package_dir) / MANIFEST, "rb") as f:
+            m = json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(m, dict) or m.get("format") != FORMAT or m.get("status") not in STARTABLE:
+        return None
+    request = m.get("lease_request")
+    if not isinstance(request, dict) or set(request) != set(LEASE_KEYS):
+        return None
+    if any(type(request[k]) is not t for k, t in LEASE_KEYS.items()):
+        return None
+    return request
