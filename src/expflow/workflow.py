@@ -122,6 +122,7 @@ class Planner:
         self._values: dict[tuple[tuple[str, ...], str], tuple[list[str], Any, bool]] = {}
         self._sweeper: dict[tuple[str, ...], dict[str, str]] = {}
         self._groups: dict[str, bool] = {}
+        self._scratch: dict[tuple[str, ...], DictConfig] = {}
 
     def parse(self, text: str) -> Override:
         o = self._parsed.get(text)
@@ -159,6 +160,11 @@ class Planner:
             return found
         o = self.parse(text)
         path = o.key_or_group.split(".")
+        if not (o.is_delete() or o.is_add() or o.is_force_add()):
+            found = self._leaf_value(groups, o, path)
+            if found is not None:
+                self._values[key] = found
+                return found
         typed = copy.deepcopy(self.base(groups)[0])
         try:
             if o.is_delete():
@@ -188,18 +194,67 @@ class Planner:
         self._values[key] = found
         return found
 
+    def _leaf_value(self, groups: tuple[str, ...], o: Override, path: list[str]) -> tuple[list[str], Any, bool] | None:
+        """A value override of an existing leaf, checked on one scratch copy of the base
+        config per group choice (set, checked, set back) instead of a copy per value: the
+        typed node checks the type, :func:`validate_config` the key's own subtree (the whole
+        base was checked once; the package job checks the whole config). None when the key
+        is not a leaf of a dict node here (the caller takes the general path)."""
+        scratch = self._scratch.get(groups)
+        if scratch is None:
+            scratch = self._scratch[groups] = copy.deepcopy(self.base(groups)[0])
+        parent = OmegaConf.select(scratch, ".".join(path[:-1])) if len(path) > 1 else scratch
+        if not isinstance(parent, DictConfig) or path[-1] not in parent:
+            return None
+        node = parent._get_node(path[-1])
+        if OmegaConf.is_config(node):
+            return None
+        before = node._value()  # type: ignore[union-attr]
+        try:
+            OmegaConf.update(scratch, o.key_or_group, o.value(), merge=False)
+            validate_config(scratch, only=path[0])
+            value = OmegaConf.select(scratch, o.key_or_group)
+        except OmegaConfBaseException as e:
+            self._scratch.pop(groups, None)  # possibly half-changed: a fresh copy next time
+            msg = str(getattr(e, "msg", None) or e).splitlines()[0]
+            raise ConfigError(f"{o.key_or_group}: {msg} (override {o.input_line!r})") from None
+        except BaseException:
+            self._scratch.pop(groups, None)
+            raise
+        try:
+            OmegaConf.update(scratch, o.key_or_group, before, merge=False)
+            restored = parent._get_node(path[-1])._value() == before  # type: ignore[union-attr]
+        except OmegaConfBaseException:
+            restored = False
+        if not restored:
+            self._scratch.pop(groups, None)
+        return (path, value, False)
+
     def sweeper_params(self, fixed: tuple[str, ...]) -> dict[str, str]:
+        """``hydra.sweeper.params`` for the non-sweep overrides ``fixed``.
+
+        Only group choices and ``hydra.*`` overrides decide them, so the composition takes
+        those alone; without ``hydra.*`` overrides it is also (less its hydra node, which is
+        what Hydra's compose drops) the base config of every run with these groups: one
+        composition less. Params that interpolate another key are composed with all of ``fixed``.
+        """
         found = self._sweeper.get(fixed)
-        if found is None:
-            cfg = compose_config(list(fixed), config_dir=self.config_dir, return_hydra_config=True)
+        if found is not None:
+            return found
+        groups = tuple(t for t in fixed if self.is_group(self.parse(t)))
+        hydra_values = tuple(t for t in fixed if t not in groups and self.parse(t).key_or_group.startswith("hydra."))
+        cfg = compose_config([t for t in fixed if t in groups or t in hydra_values], config_dir=self.config_dir,
+                             return_hydra_config=True)
+        raw = OmegaConf.select(cfg, "hydra.sweeper.params", default=None)
+        if raw is not None and "${" in json.dumps(OmegaConf.to_container(raw, resolve=False), default=str):
+            found = sweeper_params(compose_config(list(fixed), config_dir=self.config_dir, return_hydra_config=True))
+        else:
             found = sweeper_params(cfg)
-            self._sweeper[fixed] = found
-            if fixed not in self._bases and all(self.is_group(self.parse(t)) for t in fixed):
-                # Group overrides only: less its hydra node (what Hydra's compose drops), this
-                # is the base config of every run whose groups these are: one composition less.
-                with open_dict(cfg):
-                    del cfg["hydra"]
-                self.base(fixed, composed=cfg)
+        self._sweeper[fixed] = found
+        if not hydra_values and groups not in self._bases:
+            with open_dict(cfg):
+                del cfg["hydra"]
+            self.base(groups, composed=cfg)
         return found
 
     def expand(self, line: str | Sequence[str], common: Sequence[str] = ()) -> list[RunSpec]:

@@ -8,34 +8,38 @@ ALIGN_DIR = config["align"]["out"] or f"{RUNS_DIR}/.align"
 ALIGN_OPTIONS = "--strict" if config["align"].get("strict") else ""
 
 
-localrules:
-    align,
+# Defined only when enabled: its input names every run's train output (a cost per run while
+# Snakemake reads the workflow, for nothing when it is off).
+if config["align"]["enabled"]:
+
+    localrules:
+        align,
 
 
-rule align:
-    """Align the spec's frameworks onto one metric naming: tables, check, plots, tracker experiments."""
-    input:
-        spec=ALIGN_SPEC,
-        trained=expand(rules.train.output.done, run=sorted(RUNS)),
-    output:
-        table=f"{ALIGN_DIR}/aligned.parquet",
-        csv=f"{ALIGN_DIR}/aligned.csv",
-        check=f"{ALIGN_DIR}/check.json",
-    log:
-        f"{WORKFLOW_DIR}/logs/align.log",
-    benchmark:
-        f"{WORKFLOW_DIR}/benchmarks/align.tsv"
-    params:
-        out=lambda wildcards, output: os.path.dirname(output.table),
-        # <runs>/<run>/train.done -> <runs>
-        runs=lambda wildcards, input: os.path.dirname(os.path.dirname(input.trained[0])) if input.trained else RUNS_DIR,
-        run_ids=",".join(sorted(RUNS)),
-        options=ALIGN_OPTIONS,
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    conda:
-        "../envs/expflow.yaml"
-    shell:
-        f'expflow align "{{input.spec}}" --out "{{params.out}}" --workflow-runs "{{params.runs}}" '
-        f'--run-ids "{{params.run_ids}}" {{params.options}} > {{log}} 2>&1{on_failure("align")}'
+    rule align:
+        """Align the spec's frameworks onto one metric naming: tables, check, plots, tracker experiments."""
+        input:
+            spec=ALIGN_SPEC,
+            trained=expand(rules.train.output.done, run=sorted(RUNS)),
+        output:
+            table=f"{ALIGN_DIR}/aligned.parquet",
+            csv=f"{ALIGN_DIR}/aligned.csv",
+            check=f"{ALIGN_DIR}/check.json",
+        log:
+            f"{WORKFLOW_DIR}/logs/align.log",
+        benchmark:
+            f"{WORKFLOW_DIR}/benchmarks/align.tsv"
+        params:
+            out=lambda wildcards, output: os.path.dirname(output.table),
+            # <runs>/<run>/train.done -> <runs>
+            runs=lambda wildcards, input: os.path.dirname(os.path.dirname(input.trained[0])) if input.trained else RUNS_DIR,
+            run_ids=",".join(sorted(RUNS)),
+            options=ALIGN_OPTIONS,
+        resources:
+            mem_mb=2000,
+            runtime=30,
+        conda:
+            "../envs/expflow.yaml"
+        shell:
+            f'expflow align "{{input.spec}}" --out "{{params.out}}" --workflow-runs "{{params.runs}}" '
+            f'--run-ids "{{params.run_ids}}" {{params.options}} > {{log}} 2>&1{on_failure("align")}'

@@ -71,9 +71,12 @@ def _nodes(node: DictConfig | ListConfig, prefix: str = "") -> Iterator[tuple[st
             yield from _nodes(child, _join(prefix, k))
 
 
-def check_known_keys(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
-    """Every key of a schema-typed node is one of the schema's fields."""
+def check_known_keys(cfg: DictConfig, overrides: Sequence[str] = (), only: str | None = None) -> None:
+    """Every key of a schema-typed node is one of the schema's fields (``only``: under that
+    top-level key)."""
     for prefix, node in _nodes(cfg):
+        if only is not None and prefix and prefix.split(".", 1)[0].split("[", 1)[0] != only:
+            continue
         schema = OmegaConf.get_type(node)
         if schema is None or not dataclasses.is_dataclass(schema):
             continue  # an open node
@@ -92,9 +95,9 @@ def check_known_keys(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
 
 
 # -- numbers ---------------------------------------------------------------------
-def _plain(cfg: DictConfig, resolve: bool, hydra: bool = False) -> Iterator[tuple[str, Any]]:
+def _plain(cfg: DictConfig, resolve: bool, hydra: bool = False, only: str | None = None) -> Iterator[tuple[str, Any]]:
     for k in cfg.keys():
-        if k == HYDRA_KEY and not hydra:
+        if (k == HYDRA_KEY and not hydra) or (only is not None and k != only):
             continue
         node = cfg._get_node(k)
         if isinstance(node, (DictConfig, ListConfig)):
@@ -103,12 +106,13 @@ def _plain(cfg: DictConfig, resolve: bool, hydra: bool = False) -> Iterator[tupl
             yield str(k), cfg[k] if resolve else node._value()
 
 
-def _plain_configs(cfg: DictConfig) -> Iterator[list[tuple[str, Any]]]:
+def _plain_configs(cfg: DictConfig, only: str | None = None) -> Iterator[list[tuple[str, Any]]]:
     """The config as (top-level key, plain data): as written (a value is blamed on its own
-    key, not on an interpolation of it), then resolved where it resolves."""
-    yield list(_plain(cfg, resolve=False))
+    key, not on an interpolation of it), then resolved where it resolves. ``only``: that
+    top-level key alone."""
+    yield list(_plain(cfg, resolve=False, only=only))
     try:
-        resolved = list(_plain(cfg, resolve=True))
+        resolved = list(_plain(cfg, resolve=True, only=only))
     except Exception:  # an interpolation that cannot resolve here (resolve() reports it later)
         return
     yield resolved
@@ -153,8 +157,8 @@ def number_problem(key: str, value: Any) -> str | None:
     return None
 
 
-def check_numbers(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
-    for plain in _plain_configs(cfg):
+def check_numbers(cfg: DictConfig, overrides: Sequence[str] = (), only: str | None = None) -> None:
+    for plain in _plain_configs(cfg, only):
         for top, value in plain:
             for key, leaf in _leaves(value, top):
                 problem = number_problem(key, leaf)
@@ -163,10 +167,10 @@ def check_numbers(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
 
 
 # -- credentials -----------------------------------------------------------------
-def check_credentials(cfg: DictConfig) -> None:
+def check_credentials(cfg: DictConfig, only: str | None = None) -> None:
     """No credential-named key with a value anywhere (interpolations count: they resolve
     into the package's config). The value is never printed."""
-    for top, value in _plain(cfg, resolve=False, hydra=True):
+    for top, value in _plain(cfg, resolve=False, hydra=only is None, only=only):
         for key in credentials.credential_keys({top: value}):
             raise ConfigError(credentials.refusal(key))
 

@@ -122,21 +122,29 @@ def expand_sweep(overrides: Sequence[str], params: dict[str, str] | None = None)
 
 
 # -- validation ------------------------------------------------------------------
-def validate_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
+def validate_config(cfg: DictConfig, overrides: Sequence[str] = (), only: str | None = None) -> None:
     """Checks no schema type can express (see :mod:`expflow.config.checks`): no
     credentials, no key a schema lacks, finite numbers in range, fixed choices, the
-    tracker's settings, and a code snapshot that would take no credentials."""
-    check_credentials(cfg)
-    check_known_keys(cfg, overrides)
-    check_numbers(cfg, overrides)
+    tracker's settings, and a code snapshot that would take no credentials.
+
+    ``only``: check the subtree of that top-level key alone (the workflow's planner, for a
+    value override of a config it checked whole; the package job checks the whole config).
+    """
+    check_credentials(cfg, only)
+    check_known_keys(cfg, overrides, only)
+    check_numbers(cfg, overrides, only)
     for key, valid in CHOICES.items():
+        if only is not None and key.split(".", 1)[0] != only:
+            continue
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and value not in valid:
             raise ConfigError(f"{key}: {value!r} is not valid; valid: {', '.join(valid)}")
     from expflow.tracking.validate import check_tracker_config
 
-    check_tracker_config(cfg)
-    check_code_sources(cfg)
+    if only in (None, "tracker"):
+        check_tracker_config(cfg)
+    if only in (None, "code", "paths"):
+        check_code_sources(cfg)
 
 
 _vetted: set[tuple[Any, ...]] = set()  # code trees this process found clean
