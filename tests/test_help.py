@@ -55,6 +55,13 @@ def test_the_real_command_line_help():
         assert description and not description.startswith(("positional arguments", "options")), proc.stdout
 
 
+@pytest.mark.parametrize("module", ["expflow.rerun", "expflow.analyze"])
+def test_the_python_m_forms_say_what_their_command_says(module):
+    proc = run_cli("--help", module=module, env={"COLUMNS": "100"})
+    assert proc.returncode == 0, proc.stderr
+    check_help(proc.stdout, f"python -m {module} --help")
+
+
 def test_train_help_lists_only_the_groups_a_user_chooses():
     proc = run_cli("--help", module="expflow.train", env={"COLUMNS": "100"})
     assert proc.returncode == 0, proc.stderr

@@ -151,6 +151,17 @@ def test_a_package_without_a_recorded_request_is_leased_the_usual_way(tmp_path, 
     assert pkg.status() is Status.COMPLETED and len(pkg.manifest()["leases"]) == 1
 
 
+def test_the_config_decides_when_the_manifests_request_disagrees(tmp_path, gpu_env):
+    pkg = materialize(tmp_path / "runs", "+freq=regression", "trainer.max_epochs=1")
+    m = json.loads(pkg.manifest_path.read_text())
+    m["lease_request"]["count"] = 0  # edited by hand: the config still asks for one GPU
+    pkg.manifest_path.write_text(json.dumps(m))
+    proc, loaded = run_with_probe(pkg, gpu_env)
+    assert proc.returncode == 0, proc.stderr
+    assert len(loaded) == 2  # the early lease, released, then the config's
+    assert pkg.status() is Status.COMPLETED and pkg.manifest()["gpus"] == [0]
+
+
 def test_no_gpu_and_no_cpu_fallback_is_one_line_recorded_in_the_package(tmp_path):
     pkg = materialize(tmp_path / "runs", "+freq=regression", "gpu.allow_cpu=false")
     # A scheduler that granted no device (CUDA_VISIBLE_DEVICES empty): no GPU, on any machine.

@@ -125,8 +125,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         from expflow.package import SavePackage
 
         pkg = SavePackage.open(args.package)
+        if placement is not None and request != config_lease_request(pkg):
+            leased.close()  # the manifest's copy disagrees with the config (edited): the config decides
+            placement = None
         if placement is not None:  # recorded on every path, just before the release
-            leased.callback(record_release, pkg)
+
+            def released(exc_type: object, *_: object) -> bool:
+                record_release(pkg, quiet=exc_type is not None)  # never hides the error on its way out
+                return False
+
+            leased.push(released)
         result = run_package(pkg, from_snapshot=not args.working_tree, placement=placement)
         note = cpu_fallback_note(pkg)
     # Released: from here to the exit, the freed device waits for the next job. The final
@@ -139,6 +147,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     if note:
         print(note, file=sys.stderr)
     return 0
+
+
+def config_lease_request(pkg: SavePackage) -> dict | None:
+    """The lease request of the package's config (what its manifest's copy must equal)."""
+    from omegaconf import OmegaConf
+
+    from expflow.package.manifest import lease_request_of
+
+    try:
+        gpu = OmegaConf.to_container(pkg.config().gpu, resolve=True)
+    except Exception:  # a damaged config: run_package reports it, the usual way
+        return None
+    return lease_request_of({"gpu": gpu})
 
 
 def cpu_fallback_note(pkg: SavePackage) -> str | None:
@@ -322,14 +343,20 @@ COMMAND_HELP: dict[str, tuple[str, str]] = {
 def describe_commands(sub: argparse._SubParsersAction) -> None:
     """Give every subcommand its help from COMMAND_HELP: the summary and what it reads and
     writes above the arguments, the examples below them."""
+    for name, parser in sub.choices.items():
+        describe(parser, name)
+
+
+def describe(parser: argparse.ArgumentParser, name: str) -> None:
+    """The help of command ``name`` from COMMAND_HELP, on ``parser`` (also the parser of its
+    ``python -m expflow.<module>`` form)."""
     import inspect
 
-    for name, parser in sub.choices.items():
-        summary, details = COMMAND_HELP[name]
-        reads_writes, _, examples = inspect.cleandoc(details).partition("\n\nExamples:")
-        parser.description = f"{summary}\n\n{reads_writes}"
-        parser.epilog = f"Examples:{examples}" if examples else None
-        parser.formatter_class = HelpFormatter
+    summary, details = COMMAND_HELP[name]
+    reads_writes, _, examples = inspect.cleandoc(details).partition("\n\nExamples:")
+    parser.description = f"{summary}\n\n{reads_writes}"
+    parser.epilog = f"Examples:{examples}" if examples else None
+    parser.formatter_class = HelpFormatter
 
 
 def add_run_parser(sub: argparse._SubParsersAction) -> None:

@@ -186,16 +186,24 @@ def fallback_note(pkg: SavePackage) -> str | None:
     return cpu_fallback_line(m.get("device"), m.get("gpus"), gpu_count, trainer_device)
 
 
-def record_release(pkg: SavePackage) -> None:
+def record_release(pkg: SavePackage, *, quiet: bool = False) -> None:
     """Record in the manifest that the run's last lease is released (now); nothing when no
-    lease is open there (the run stopped before it recorded one)."""
+    lease is open there (the run stopped before it recorded one: nothing is written, so a
+    read-only package stays untouched). ``quiet``: another error is on its way out, and a
+    failure to record must not hide it."""
     released = time.time()
 
     def change(m: dict[str, Any]) -> None:
         if m.get("leases") and m["leases"][-1].get("released") is None:
             m["leases"][-1]["released"] = released
 
-    pkg.update_manifest(change)
+    try:
+        leases = pkg.manifest().get("leases")
+        if leases and leases[-1].get("released") is None:
+            pkg.update_manifest(change)
+    except (ExpflowError, OSError):
+        if not quiet:
+            raise
 
 
 def launch(

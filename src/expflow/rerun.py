@@ -115,9 +115,10 @@ def print_comparison(original: str, new: SavePackage, result: Comparison, consol
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from expflow.cli import OneLineParser
+    from expflow.cli import OneLineParser, describe
 
-    parser = OneLineParser(prog="python -m expflow.rerun", description=__doc__)
+    parser = OneLineParser(prog="python -m expflow.rerun")
+    describe(parser, "rerun")
     add_arguments(parser)
     return run_command(parser.parse_args(argv))
 

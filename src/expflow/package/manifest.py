@@ -17,8 +17,10 @@ MANIFEST = "manifest.json"
 
 # What gpu.* asks for, as ``expflow.gpu.place_job`` takes it.
 LEASE_KEYS = {"count": int, "mem_mb": int, "max_jobs_per_gpu": int, "allow_cpu": bool}
-# A package in one of these states is (re)started by `expflow run`: the early lease is for them.
-STARTABLE = ("QUEUED", "CRASHED", "FAILED")
+# Recorded states of a package `expflow run` (re)starts: new (QUEUED), or a run that died
+# (CRASHED, or still RUNNING/PREPARING in the manifest of a killed process: a retry). A run
+# still alive elsewhere is refused after the lease, by the usual checks.
+STARTABLE = ("QUEUED", "CRASHED", "RUNNING", "PREPARING")
 
 
 def lease_request_of(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -35,8 +37,8 @@ def lease_request_of(config: dict[str, Any]) -> dict[str, Any] | None:
 
 def lease_request(package_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The recorded lease request of a package that `expflow run` would start; None for
-    anything else (no or a damaged manifest, another format, a COMPLETED or live run, a
-    package written before the request was recorded): that run is leased the usual way,
+    anything else (no or a damaged manifest, another format, a COMPLETED run, a package
+    written before the request was recorded): that run is leased the usual way,
     after its package has been checked, and any error is reported there."""
     try:
         with open(Path(package_dir) / MANIFEST, "rb") as f:
