@@ -30,9 +30,12 @@ def lease_request_of(config: dict[str, Any]) -> dict[str, Any] | None:
     if not isinstance(gpu, dict):
         return None
     request = {key: gpu.get(key) for key in LEASE_KEYS}
-    if any(type(v) is not t for (k, t), v in zip(LEASE_KEYS.items(), request.values(), strict=True)):
-        return None
-    return request
+    return request if _well_typed(request) else None
+
+
+def _well_typed(request: dict[str, Any]) -> bool:
+    """Every lease key present with exactly its type (a bool is no count)."""
+    return set(request) == set(LEASE_KEYS) and all(type(request[k]) is t for k, t in LEASE_KEYS.items())
 
 
 def lease_request(package_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -48,8 +51,4 @@ def lease_request(package_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     if not isinstance(m, dict) or m.get("format") != FORMAT or m.get("status") not in STARTABLE:
         return None
     request = m.get("lease_request")
-    if not isinstance(request, dict) or set(request) != set(LEASE_KEYS):
-        return None
-    if any(type(request[k]) is not t for k, t in LEASE_KEYS.items()):
-        return None
-    return request
+    return request if isinstance(request, dict) and _well_typed(request) else None
