@@ -20,6 +20,7 @@ A run's time is the device-seconds it held, from its lease to its release.
 
 from __future__ import annotations
 
+import compileall
 import heapq
 import os
 import shutil
@@ -109,6 +110,9 @@ def measure(scheduler: str, *, estimate: bool) -> float:
             shutil.copytree(REPO / name, proj / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         shutil.copy(REPO / "Snakefile", proj / "Snakefile")
         (proj / "src" / "sleepy.py").write_text(SLEEPY)
+        # Byte-compiled, as an install leaves it (and Python's first import would): with
+        # PYTHONDONTWRITEBYTECODE set, every job would compile expflow's modules again.
+        compileall.compile_dir(proj / "src", quiet=1)
         wf = {
             "sweep": [f"seed={i} +lifecycle.hold_s={hold_seconds(i)}" for i in range(RUNS)],
             "common": ["+freq=regression", "trainer=debug", "trainer.max_epochs=1", "trainer.threads=1",

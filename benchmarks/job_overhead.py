@@ -28,6 +28,7 @@ cut). Exits non-zero only on an error.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import shutil
@@ -72,6 +73,7 @@ def main() -> None:
         for name in ("src", "conf", "analysis"):
             if (REPO / name).is_dir():
                 shutil.copytree(REPO / name, proj / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        compileall.compile_dir(proj / "src", quiet=1)  # as an install leaves it (PYTHONDONTWRITEBYTECODE may be set)
         env = dict(os.environ, PYTHONPATH=str(proj / "src"), MPLBACKEND="Agg")
         env.pop("CUDA_VISIBLE_DEVICES", None)
         cli = [py, "-m", "expflow.cli"]

@@ -525,3 +525,31 @@ def test_status_board_lists_a_package_with_a_mistyped_config_as_unreadable(tmp_p
     assert [r["run_id"] for r in json.loads(board.stdout)] == ["good"]
     table = run_cli("status", "--runs", str(tmp_path / "runs"), env={"COLUMNS": "200"})
     assert table.returncode == 0 and "1 unreadable" in table.stdout, table.stdout + table.stderr
+
+
+def test_process_identity_from_proc_is_psutils_and_tells_dead_zombie_and_reused_pids():
+    import socket
+
+    import psutil
+
+    from expflow.package.status import process_alive
+
+    assert HOST == socket.gethostname()
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        for pid in (os.getpid(), child.pid):
+            ident = process_identity(pid)
+            assert ident == {"host": HOST, "pid": pid, "pid_started": round(psutil.Process(pid).create_time(), 3)}
+        ident = process_identity(child.pid)
+        assert process_alive(ident) is True
+        assert process_alive({**ident, "pid_started": ident["pid_started"] - 5}) is False  # the pid, reused
+        assert process_alive({**ident, "pid_started": None}) is True
+        assert process_alive({**ident, "host": "elsewhere"}) is None
+        child.stdin.close()
+        deadline = time.monotonic() + 30
+        while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert process_alive(ident) is False  # exited, not yet reaped
+    finally:
+        child.wait()
+    assert process_alive(ident) is False  # gone

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 
 from expflow.errors import ConfigError
+from expflow.planning import Planner, composed_id
 from expflow.workflow import (
-    Planner,
     check_config_file,
-    composed_id,
     config_errors_exit,
+    plan_workflow,
     validate_workflow_config,
     workflow_settings,
 )
@@ -135,3 +138,69 @@ def test_config_errors_exit_is_one_line_and_status_1():
     assert info.value.code == "expflow: error: unknown key 'optim.lrr'; valid keys under 'optim': lr"
     with pytest.raises(KeyError), config_errors_exit():  # not a config error: left alone
         raise KeyError("x")
+
+
+# -- the plan kept between parses ---------------------------------------------------------
+@pytest.fixture
+def project_conf(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    return conf
+
+
+def _no_planning(monkeypatch):
+    """Planning from here on fails the test: the plan must come from the cache."""
+    import expflow.planning
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("planned again")
+
+    monkeypatch.setattr(expflow.planning, "Planner", refuse)
+
+
+def test_an_unchanged_project_loads_its_kept_plan(project_conf, tmp_path, monkeypatch):
+    cache = tmp_path / "runs" / ".workflow" / "plan.json"
+    config = {"sweep": ["optim.lr=1e-3,3e-3 seed=range(2)"], "config_dir": str(project_conf),
+              "train": {"estimate": "trainer.max_epochs"}}
+    planned = plan_workflow(config, families=True, cache=cache)
+    assert cache.is_file() and len(planned) == 4
+    with monkeypatch.context() as m:
+        _no_planning(m)
+        assert plan_workflow(config, families=True, cache=cache) == planned  # ids, overrides, families, estimates
+    # Families are planned whether asked or not: the first train times change no key.
+    with monkeypatch.context() as m:
+        _no_planning(m)
+        assert plan_workflow(config, cache=cache) == planned
+    # Anything the plan depends on is a new key: the sweep, the estimate key, a config file.
+    assert len(plan_workflow({**config, "sweep": ["seed=range(3)"]}, cache=cache)) == 3
+    assert {s.estimate for s in plan_workflow({**config, "train": {"estimate": "seed"}}, cache=cache).values()} == {0, 1}
+    before = plan_workflow(config, cache=cache)
+    (project_conf / "optim" / "adamw.yaml").write_text((project_conf / "optim" / "adamw.yaml").read_text() + "\n# edited\n")
+    with open(project_conf / "config.yaml", "a") as f:
+        f.write("notes: null\n")  # a new top-level key: every run's config (and id) changes
+    with pytest.raises(ConfigError):  # planned again, so the composed config is checked again
+        plan_workflow(config, cache=cache)
+    (project_conf / "config.yaml").write_text((CONF / "config.yaml").read_text())
+    assert plan_workflow(config, cache=cache) == before
+
+
+def test_a_damaged_or_unwritable_plan_cache_only_costs_a_planning(project_conf, tmp_path):
+    config = {"sweep": ["seed=range(2)"], "config_dir": str(project_conf)}
+    cache = tmp_path / "plan.json"
+    planned = plan_workflow(config, cache=cache)
+    for damage in (b"", b"{not json", b'{"format": 1, "key": 3}', b"[1, 2]", cache.read_bytes()[:40],
+                   cache.read_bytes().replace(b'"runs":[[', b'"runs":[["x"],[')):
+        cache.write_bytes(damage)
+        assert plan_workflow(config, cache=cache) == planned
+        assert json.loads(cache.read_text())["runs"]  # rewritten whole
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    assert plan_workflow(config, cache=blocked / "plan.json") == planned
+
+
+def test_a_config_with_extra_search_paths_is_planned_every_time(project_conf, tmp_path):
+    with open(project_conf / "config.yaml", "a") as f:
+        f.write("# hydra:\n#   searchpath: [pkg://elsewhere]\n")
+    cache = tmp_path / "plan.json"
+    plan_workflow({"sweep": ["seed=1"], "config_dir": str(project_conf)}, cache=cache)
+    assert not cache.exists()

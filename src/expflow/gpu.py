@@ -21,7 +21,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import random
 import select
 import threading
 import time
@@ -702,6 +701,8 @@ class LeaseTable:
                     self._pass()
                     unwatchable.clear()
                     continue
+                import random
+
                 interval *= random.uniform(0.75, 1.0)  # waiters queued together do not all wake together
                 timeout = interval if deadline is None else max(0.0, min(interval, deadline - now))
                 ready = select.select(wait_on, [], [], timeout)[0]

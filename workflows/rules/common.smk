@@ -22,8 +22,9 @@ with config_errors_exit():
     WORKFLOW_DIR = f"{RUNS_DIR}/.workflow"
     # Train times of earlier runs (the train rule's benchmark files), for packing.
     TRAIN_SECONDS = train_seconds(f"{WORKFLOW_DIR}/benchmarks/train")
-    # Hydra's parser expands the sweep here, at DAG-build time: every run id is known up front.
-    RUNS = plan_workflow(config, families=bool(TRAIN_SECONDS))
+    # Hydra's parser expands the sweep here, at DAG-build time: every run id is known up front
+    # (kept for the next parse of an unchanged project, e.g. every job on a cluster).
+    RUNS = plan_workflow(config, families=bool(TRAIN_SECONDS), cache=".snakemake/expflow/plan.json")
     # Longer runs first (LPT order) through Snakemake's job priorities, when a duration is
     # known: train.estimate, or the train times of earlier runs of the same family.
     PRIORITIES = run_priorities(RUNS, TRAIN_SECONDS)
