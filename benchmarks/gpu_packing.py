@@ -4,8 +4,9 @@
     python benchmarks/gpu_packing.py [--scheduler greedy ilp] [--no-baseline]
 
 Each run trains one short regression epoch, then its lifecycle holds the device for
-`+lifecycle.hold_s` seconds (2-9.5 s, a different value per run), so runs differ in length while the
-2 CPU cores stay mostly free. The workflow config names that key as the runs' duration
+`+lifecycle.hold_s` seconds (2-9.5 s, a different value per run), so runs differ in length. The
+2 CPU cores are still busy much of the time: each run's own start (torch, its first optimizer
+step) and epoch take ~5 s of CPU. The workflow config names that key as the runs' duration
 estimate (`train.estimate: lifecycle.hold_s`): longer runs start first, through Snakemake's job
 priorities. The baseline, measured in the same run, is the same workflow without the
 estimate (every job at priority 0, Snakemake's own order).
