@@ -15,25 +15,18 @@ import sys
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from expflow.errors import ExpflowError, PackageError, RunCrashed
+from expflow.outcome import RunResult, die_with_parent
 from expflow.package import SavePackage, Status
 from expflow.paths import check_package_writable, check_writable
 
 if TYPE_CHECKING:
     from expflow.gpu import Placement
-
-
-@dataclass
-class RunResult:
-    package: SavePackage
-    status: Status
-    metrics: dict[str, float]
 
 
 # -- entry points -----------------------------------------------------------------
@@ -264,16 +257,6 @@ def scheduler_job(environ: dict[str, str] | None = None) -> dict[str, Any] | Non
         "granted_gpus": environ.get("EXPFLOW_GRANTED_DEVICES", environ.get("CUDA_VISIBLE_DEVICES")),
         "time": _now(),
     }
-
-
-def die_with_parent() -> None:
-    """In a launched child: receive SIGTERM when the launcher dies, even by SIGKILL,
-    so no worker trains on unattended (the worker marks its package CRASHED)."""
-    import ctypes
-    import signal
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _last_metrics(pkg: SavePackage) -> dict[str, float]:

@@ -257,37 +257,3 @@ def check_package_writable(package: str | os.PathLike[str], *, hint: str | None 
         if hint and not e.hint:
             e.hint = hint
         raise
-
-
-def check_run_paths(overrides: list[str], *, config_dir: str | None = None, config_name: str | None = None,
-                    multirun: bool = False) -> None:
-    """Before Hydra creates a run's directory: ``paths.runs`` and ``paths.store`` of the
-    composed config are writable directories (a sweep: each value swept over, if any)."""
-    import itertools
-
-    from expflow.config.compose import CONFIG_NAME, compose_config
-
-    variants: list[list[str]] = [list(overrides)]
-    if multirun:
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        parsed = OverridesParser.create().parse_overrides(overrides)
-        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-        swept = []
-        for o in parsed:
-            if o.is_sweep_override() and o.key_or_group in ("paths.runs", "paths.store"):
-                try:
-                    swept.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
-                except Exception:  # a sweep Hydra expands only at launch (glob): checked per job
-                    continue
-        variants = [fixed + list(choice) for choice in itertools.product(*swept)]
-    checked: set[tuple[str, str]] = set()
-    for variant in variants:
-        cfg = compose_config(variant, config_dir=config_dir, config_name=config_name or CONFIG_NAME)
-        runs, store = str(cfg.paths.runs), str(cfg.paths.store)
-        if (runs, store) in checked:
-            continue
-        checked.add((runs, store))
-        check_writable(runs, what="paths.runs")
-        if os.path.abspath(store) != os.path.abspath(runs):
-            check_writable(store, what="paths.store")

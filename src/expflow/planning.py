@@ -28,7 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from expflow.config import compose_config, conf_dir, expand_sweep, sweeper_params, validate_config
 from expflow.errors import ConfigError
-from expflow.workflow import RunSpec, _number_at, config_id
+from expflow.runid import RunSpec, config_id, number_at
 
 
 def composed_id(overrides: Sequence[str], config_dir: str | os.PathLike[str] | None = None) -> str:
@@ -231,7 +231,7 @@ class Planner:
             gpu = plain.get("gpu") or {}
             specs.append(RunSpec(config_id(plain), tuple(job), _as_int(gpu.get("count"), 1), _as_int(gpu.get("mem_mb"), 0),
                                  family=config_id(plain, exclude=("seed",)) if self.families else "",
-                                 estimate=_number_at(plain, self.estimate) if self.estimate else None))
+                                 estimate=number_at(plain, self.estimate) if self.estimate else None))
         return specs
 
     def plan(self, sweep: Iterable[str | Sequence[str]], common: Sequence[str] = ()) -> dict[str, RunSpec]:

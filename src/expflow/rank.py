@@ -13,7 +13,7 @@ import traceback
 from typing import Any
 
 from expflow.errors import ExpflowError, RunCrashed
-from expflow.launch import RunResult
+from expflow.outcome import RunResult
 from expflow.package import SavePackage, Status, utc_now
 from expflow.paths import WRITE_ONLY_ERRNOS, WriteError, write_error
 

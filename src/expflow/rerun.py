@@ -115,7 +115,7 @@ def print_comparison(original: str, new: SavePackage, result: Comparison, consol
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from expflow.cli import OneLineParser, describe
+    from expflow.clihelp import OneLineParser, describe
 
     parser = OneLineParser(prog="python -m expflow.rerun")
     describe(parser, "rerun")

@@ -14,10 +14,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from expflow.errors import ExpflowError
 from expflow.gpu import cpu_fallback
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 STATUS_ORDER = ("RUNNING", "PREPARING", "QUEUED", "CRASHED", "COMPLETED")
 STATUS_STYLE = {"COMPLETED": "green", "RUNNING": "cyan", "PREPARING": "blue", "QUEUED": "yellow",
@@ -374,8 +377,6 @@ def register(subparsers: Any) -> None:
 def run_command(args: argparse.Namespace) -> int:
     import json
 
-    from expflow.summary import output_console
-
     statuses = parse_statuses(args.status)
     board = Board(args.runs)
 
@@ -403,3 +404,14 @@ def run_command(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass
     return 0
+
+
+def output_console() -> Console:
+    """The console a command prints to: the terminal's width; piped or logged (no terminal and
+    no COLUMNS), wide enough that table rows and lines stay whole."""
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        return Console(width=200)
+    return console

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -91,15 +90,6 @@ def error_tail(pkg: SavePackage, lines: int = 30, log: str | None = None) -> lis
         return err.read_text(errors="replace").splitlines()[-lines:]
     except OSError:
         return []
-
-
-def output_console() -> Console:
-    """The console a command prints to: the terminal's width; piped or logged (no terminal and
-    no COLUMNS), wide enough that table rows and lines stay whole."""
-    console = Console()
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        return Console(width=200)
-    return console
 
 
 def render_summary(summary: dict[str, Any], pkg: SavePackage, console: Console) -> None:

@@ -108,8 +108,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
 
 
 def cli() -> None:
-    from expflow.config.argv import check_argv
-    from expflow.paths import check_run_paths
+    from expflow.config.argv import check_argv, check_run_paths
 
     if {"-h", "--help"} & set(sys.argv[1:]) and not any(a.startswith("hydra/help=") for a in sys.argv[1:]):
         sys.argv.append("hydra/help=expflow")

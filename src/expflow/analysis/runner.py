@@ -101,7 +101,7 @@ def run_analyses(
     from omegaconf import OmegaConf
 
     from expflow.gpu import place_job
-    from expflow.launch import die_with_parent
+    from expflow.outcome import die_with_parent
     from expflow.paths import check_writable
 
     if not scripts:

@@ -317,7 +317,7 @@ def record_attempt(pkg: Any, store: str | os.PathLike[str] | None, environ: dict
     """Append this training process's environment to the manifest's ``environments``
     (rank 0; the software part stored and linked once). ``environ``: the environment the
     training runs with, where it is not this process's (a command run's program)."""
-    from expflow.package.package import utc_now
+    from expflow.timestamps import utc_now
 
     entry: dict[str, Any] = {"time": utc_now(), **machine_facts(environ)}
     if store is not None:

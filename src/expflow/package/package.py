@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from expflow.package.records import RecordScan, RecordWriter, scan_records
 from expflow.package.status import Status, derive_status, is_claim, process_identity
 from expflow.package.versions import GitProbe, environment_versions
 from expflow.paths import translate_write_errors
+from expflow.timestamps import utc_now
 
 
 def dump_config(config: dict[str, Any]) -> str:
@@ -88,10 +89,6 @@ def read_plain_config(path: Path) -> dict[str, Any]:
         return {}
     shapes.check(cfg, shapes.config_shape(), path, "config")  # wrong types: the package is listed as unreadable
     return cfg
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def config_fingerprint(config: dict[str, Any]) -> str:

@@ -211,7 +211,7 @@ def run_command(pkg: SavePackage, *, resume: str | int | None = None,
                 extra_env: dict[str, str] | None = None) -> Any:
     """Run a command package's program to its end (``resume``: a continue); returns a
     :class:`expflow.launch.RunResult`, raises RunCrashed when the program fails."""
-    from expflow.launch import RunResult
+    from expflow.outcome import RunResult
 
     check_package_writable(pkg.path)
     cfg = pkg.config()
@@ -225,7 +225,7 @@ def run_command(pkg: SavePackage, *, resume: str | int | None = None,
 
 def _supervise(pkg: SavePackage, cfg: Any, spec: CommandSpec, resume: str | int | None,
                extra_env: dict[str, str]) -> Status:
-    from expflow.launch import die_with_parent
+    from expflow.outcome import die_with_parent
     from expflow.package.environment import record_attempt
     from expflow.rank import Heartbeat
     from expflow.runlog import RankLogs

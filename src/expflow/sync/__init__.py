@@ -9,36 +9,19 @@ never lets one bad package stop the others. No network or no credentials: the pa
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import urlsplit
+from typing import Any
 
 from expflow.errors import ExpflowError, SyncDeferred, SyncError
-
-TARGETS = ("swanlab", "mlflow")
-ID_CHOICES = ("new", "auto")  # or an experiment / run id that must exist
-
-
-@dataclass
-class SyncResult:
-    package: str
-    outcome: str  # synced | up to date | deferred | failed
-    message: str = ""
-    records: int = 0
-    points: int = 0
-    skipped: int = 0  # invalid record lines skipped
-
-    def line(self) -> str:
-        return f"{self.package}: {self.outcome}" + (f": {self.message}" if self.message else "")
-
-
-class Target(Protocol):
-    name: str
-
-    def sync(self, pkg: Any, experiment: str, strict: bool) -> SyncResult: ...
+from expflow.sync.base import (  # noqa: F401  (the package's names)
+    ID_CHOICES,
+    TARGETS,
+    SyncResult,
+    Target,
+    check_reachable,
+    is_network_error,
+)
 
 
 def make_target(name: str, *, uri: str | None = None, project: str | None = None,
@@ -81,30 +64,6 @@ def sync_packages(
         if report is not None:
             report(result)
     return results
-
-
-def check_reachable(url: str, timeout: float = 5.0) -> None:
-    """Raise SyncDeferred when nothing answers at ``url``'s host and port (fast, no retries)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parts.hostname, port), timeout=timeout):
-            pass
-    except OSError as e:
-        raise SyncDeferred(f"cannot reach {parts.scheme}://{parts.netloc} ({e.strerror or e})") from None
-
-
-def is_network_error(error: BaseException) -> bool:
-    """A connection failure or timeout (possibly wrapped by a client library)."""
-    import requests
-
-    if isinstance(error, (ConnectionError, TimeoutError, requests.ConnectionError, requests.Timeout)):
-        return True
-    text = str(error)
-    return any(s in text for s in ("Max retries exceeded", "Connection refused", "Failed to establish",
-                                   "Connection aborted", "timed out", "Read timed out"))
 
 
 def validate_experiment_id(experiment: str) -> str:

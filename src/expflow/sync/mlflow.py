@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from expflow.errors import SyncDeferred, SyncError
-from expflow.sync import ID_CHOICES, SyncResult, check_reachable, is_network_error
+from expflow.sync.base import ID_CHOICES, SyncResult, check_reachable, is_network_error
 from expflow.sync.plan import PackageRecords, Pending, pending, same_value
 from expflow.sync.state import SyncState
 from expflow.tracking.mlflow import (

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from expflow.errors import SyncDeferred
-from expflow.sync import ID_CHOICES, SyncResult, check_reachable
+from expflow.sync.base import ID_CHOICES, SyncResult, check_reachable
 from expflow.sync.plan import PackageRecords, pending, points
 from expflow.sync.state import SyncState
 

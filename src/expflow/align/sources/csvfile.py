@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from expflow.align.sources import (
+from expflow.align.sources.base import (
     NOTES,
     FileSource,
     RawRun,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from expflow.align.sources import (
+from expflow.align.sources.base import (
     DAMAGE,
     FileSource,
     PointBuffer,

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from expflow.align.sources import (
+from expflow.align.sources.base import (
     FileSource,
     PointBuffer,
     RawRun,

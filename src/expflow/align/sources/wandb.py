@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from expflow.align.credentials import find_credential
-from expflow.align.sources import (
+from expflow.align.sources.base import (
     CloudSource,
     FileSource,
     PointBuffer,

@@ -1,0 +1,54 @@
+"""Run ids and the planned runs: a run's id is a hash of its composed, unresolved config.
+
+Light on purpose (no Hydra, no OmegaConf): the workflow loads its kept plan with these
+alone, and the planner (:mod:`expflow.planning`) and ``expflow materialize`` compute ids
+with the same function.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+ID_EXCLUDED_KEYS = ("run_id", "paths", "hydra")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    run_id: str
+    overrides: tuple[str, ...]
+    gpus: int
+    gpu_mem_mb: int
+    # Filled in only when the workflow packs its runs (a duration is known): the id of the
+    # run's config without its seed (runs differing only in seed share it), and the value
+    # of the config key named by ``train.estimate``.
+    family: str = ""
+    estimate: float | None = None
+
+    @property
+    def override_line(self) -> str:
+        return " ".join(shlex.quote(o) for o in self.overrides)
+
+
+def config_id(plain: dict[str, Any], exclude: Sequence[str] = ()) -> str:
+    """The run id of an unresolved config: a hash of everything but the run's name and place
+    (and the keys in ``exclude``: ``("seed",)`` gives the id of the run's family)."""
+    body = {k: v for k, v in plain.items() if k not in ID_EXCLUDED_KEYS and k not in exclude}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def number_at(plain: dict[str, Any], dotted: str) -> float | None:
+    """The number at ``dotted`` in an unresolved config; None when absent or not a number
+    (an interpolation, a string)."""
+    node: Any = plain
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    if isinstance(node, bool) or not isinstance(node, (int, float)):
+        return None
+    return float(node)
