@@ -97,3 +97,11 @@ def test_no_import_cycles_in_src():
     found = cycles(graph)
     detail = ["  " + " <-> ".join(c) + ": " + "; ".join(f"{m} -> {sorted(graph[m] & set(c))}" for m in c) for c in found]
     assert not found, "import cycles:\n" + "\n".join(detail)
+
+
+def test_one_error_edge():
+    """Every `expflow: error:` line comes from ExpflowError.report/line (expflow.errors):
+    no module spells the prefix itself."""
+    spelled = [f"{p.relative_to(SRC)}:{i}" for p in (SRC / "expflow").rglob("*.py") if p.name != "errors.py"
+               for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if "expflow: error:" in line]
+    assert not spelled, spelled

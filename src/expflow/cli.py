@@ -272,9 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ExpflowError as e:
-        if not e.reported:
-            print(f"expflow: error: {e.one_line()}", file=sys.stderr)
-        return e.exit_code
+        return e.report()
     except KeyboardInterrupt:
         print("expflow: interrupted", file=sys.stderr)
         return 130

@@ -13,6 +13,19 @@ class ExpflowError(Exception):
     def one_line(self) -> str:
         return " ".join(str(self).split())
 
+    def line(self) -> str:
+        """What the user sees: ``expflow: error: <one line>``."""
+        return f"expflow: error: {self.one_line()}"
+
+    def report(self) -> int:
+        """The error edge of every expflow command and process: the one line on stderr
+        (unless a child process printed it already), and the exit status to return."""
+        if not self.reported:
+            import sys
+
+            print(self.line(), file=sys.stderr, flush=True)
+        return self.exit_code
+
 
 class ConfigError(ExpflowError):
     """A config value, key, override or option is invalid."""

@@ -137,9 +137,7 @@ def run_command(args: argparse.Namespace) -> int:
         if not result.identical:
             raise ReproductionMismatch(f"rerun {new.path} differs from {args.package}")
     except ExpflowError as e:
-        if not e.reported:
-            print(f"expflow: error: {e.one_line()}", file=sys.stderr)
-        return e.exit_code
+        return e.report()
     return 0
 
 

@@ -76,8 +76,7 @@ def register_help() -> None:
 
 
 def _fail(error: ExpflowError) -> None:
-    print(f"expflow: error: {error.one_line()}", file=sys.stderr)
-    sys.exit(error.exit_code)
+    sys.exit(error.report())
 
 
 def _config_path() -> str:

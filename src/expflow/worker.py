@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from expflow.errors import ExpflowError
+from expflow.errors import ConfigError, ExpflowError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,14 +25,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             resume = int(resume)
         except ValueError:
-            print(f"expflow: error: --resume: {resume!r} is not valid; valid: latest or a step number",
-                  file=sys.stderr)
-            return 2
+            return ConfigError(f"--resume: {resume!r} is not valid; valid: latest or a step number").report()
     try:
         execute(SavePackage.open(args.package), resume=resume)
     except ExpflowError as e:
-        print(f"expflow: error: {e.one_line()}", file=sys.stderr)
-        return e.exit_code
+        return e.report()
     return 0
 
 

@@ -234,7 +234,7 @@ def config_errors_exit() -> Iterator[None]:
     try:
         yield
     except ExpflowError as e:
-        raise SystemExit(f"expflow: error: {e.one_line()}") from None
+        raise SystemExit(e.line()) from None
 
 
 def check_config_file(path: str | os.PathLike[str], optional: bool = False) -> None:

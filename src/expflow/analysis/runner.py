@@ -361,8 +361,7 @@ def _run_one(package: str, ref: ScriptRef, checkpoint: int | None) -> int:
         pkg = SavePackage.open(package)
         record = execute_script(pkg, ref, checkpoint)
     except ExpflowError as e:
-        print(f"expflow: error: {e.one_line()}", file=sys.stderr, flush=True)
-        return e.exit_code
+        return e.report()
     except Exception as e:
         log = pkg.logs_dir / f"analysis-{ref.name}.err" if pkg is not None else None
         where = ""
@@ -370,8 +369,9 @@ def _run_one(package: str, ref: ScriptRef, checkpoint: int | None) -> int:
             log.parent.mkdir(parents=True, exist_ok=True)
             log.write_text(traceback.format_exc())
             where = f" (traceback in {log})"
-        message = " ".join(f"{e.__class__.__name__}: {e}".split())
-        print(f"expflow: error: analysis {ref.name} of {package} failed: {message}{where}", file=sys.stderr, flush=True)
+        message = f"{e.__class__.__name__}: {e}"
+        failed = AnalysisError(f"analysis {ref.name} of {package} failed: {message}{where}")
+        failed.report()
         return 1
     if not record["applicable"]:
         print(f"{record['run_id']}: analysis {ref.name} does not apply: {record['reason']}", flush=True)
