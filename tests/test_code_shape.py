@@ -4,6 +4,7 @@ import inside a function is a cycle too, only one that bites later)."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -105,3 +106,24 @@ def test_one_error_edge():
     spelled = [f"{p.relative_to(SRC)}:{i}" for p in (SRC / "expflow").rglob("*.py") if p.name != "errors.py"
                for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if "expflow: error:" in line]
     assert not spelled, spelled
+
+
+# Names two unrelated formats share, each still named by one module per format.
+SHARED_NAMES = {
+    "index.json": {"expflow/package/checkpoints.py", "expflow/align/report.py"},  # checkpoint index; report's index
+}
+FORMAT_NAME = re.compile(r"^(?:[\w.-]+/)*[\w.-]+\.(?:json|jsonl|lock|log)$")
+
+
+def test_every_on_disk_format_is_named_by_one_module():
+    """A file name expflow reads or writes (manifest.json, heartbeat.json, leases.json,
+    metrics/records.log, ...) is spelled in one module, its format's owner; everything
+    else asks that module (e.g. expflow.package.manifest.MANIFEST, package_dirs)."""
+    named: dict[str, set[str]] = {}
+    for path in (SRC / "expflow").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and FORMAT_NAME.match(node.value):
+                named.setdefault(node.value, set()).add(path.relative_to(SRC).as_posix())
+    assert "manifest.json" in named and "leases.json" in named  # the walk saw the formats
+    shared = {name: sorted(mods) for name, mods in named.items() if len(mods) > 1 and SHARED_NAMES.get(name) != mods}
+    assert not shared, f"format file names spelled in more than one module: {shared}"

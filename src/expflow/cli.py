@@ -78,6 +78,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     from expflow.config import compose_config
     from expflow.launch import create_package
     from expflow.package import SavePackage
+    from expflow.package.manifest import is_package
     from expflow.runid import config_id
 
     overrides = [*args.overrides, f"paths.runs={args.runs}"]
@@ -90,7 +91,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         )
     run_id = args.run_id or actual
     target = Path(args.runs) / run_id
-    if (target / "manifest.json").exists():
+    if is_package(target):
         SavePackage.open(target)  # an existing package of this very config: nothing to do
         print(f"{target}: package exists")
         return 0

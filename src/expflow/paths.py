@@ -244,7 +244,9 @@ def check_package_writable(package: str | os.PathLike[str], *, hint: str | None 
         for d in (root, root / "checkpoints", root / "metrics", root / "logs", root / "tracker"):
             if d.is_dir() or d == root:
                 check_writable(d)
-        appended = [root / ".manifest.lock", root / "metrics" / "records.log"]
+        from expflow.package.manifest import MANIFEST_LOCK, RECORDS
+
+        appended = [root / MANIFEST_LOCK, root / RECORDS]
         if (root / "logs").is_dir():
             appended += sorted((root / "logs").glob("rank*.*"))
         for f in appended:

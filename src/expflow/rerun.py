@@ -20,6 +20,7 @@ from rich.table import Table
 
 from expflow.errors import ExpflowError, PackageError, ReproductionMismatch
 from expflow.package import SavePackage, Status, effective_metrics, utc_now
+from expflow.package.manifest import is_package
 
 
 @dataclass
@@ -94,7 +95,7 @@ def rerun(path: str | Path, *, ignore: Sequence[str] = (), console: Console | No
             origin={"rerun_of": original.run_id, "path": str(original.path)},
         )
     except BaseException:
-        if not (target / "manifest.json").exists():
+        if not is_package(target):
             shutil.rmtree(target, ignore_errors=True)
         raise
     console.print(f"rerunning {original.run_id} from its code snapshot into {new.path}")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from expflow.errors import ExpflowError
 from expflow.gpu import cpu_fallback
+from expflow.package.manifest import package_dirs as listed_packages
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -67,7 +68,7 @@ def package_dirs(runs_dir: str | os.PathLike[str]) -> list[Path]:
         what = "not a directory" if root.exists() else "no such runs directory"
         raise ExpflowError(f"{root}: {what} (pass --runs DIR, a directory of save-packages)")
     try:
-        return sorted(p for p in root.iterdir() if not p.name.startswith(".") and (p / "manifest.json").is_file())
+        return listed_packages(root)
     except OSError as e:
         raise ExpflowError(f"{root}: unreadable runs directory ({e.strerror or e.__class__.__name__})") from None
 

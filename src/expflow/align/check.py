@@ -19,6 +19,8 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+CHECK_FILE = "check.json"  # the check report of the last alignment, in the output directory
+
 OK, MISSING, ERROR = "ok", "missing", "error"
 
 

@@ -99,9 +99,9 @@ def _print_last(out: Path, last: dict) -> None:
 
     from rich.console import Console
 
-    from expflow.align.check import FrameworkCheck, render_check
+    from expflow.align.check import CHECK_FILE, FrameworkCheck, render_check
 
-    report = json.loads((out / "check.json").read_text())
+    report = json.loads((out / CHECK_FILE).read_text())
     checks = [FrameworkCheck(**{k: v for k, v in c.items() if k in FrameworkCheck.__dataclass_fields__})
               for c in report["frameworks"].values()]
     render_check(checks, report["aligned_metrics"], Console())

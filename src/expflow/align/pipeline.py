@@ -22,7 +22,14 @@ from rich.console import Console
 
 from expflow.align.aligned import align_framework
 from expflow.align.cache import SourceCache
-from expflow.align.check import ERROR, FrameworkCheck, check_framework, check_report, render_check
+from expflow.align.check import (
+    CHECK_FILE,
+    ERROR,
+    FrameworkCheck,
+    check_framework,
+    check_report,
+    render_check,
+)
 from expflow.align.sources import Source, SourceError, for_workflow, make_source, notes_of, reason
 from expflow.align.spec import Plan
 from expflow.align.tracker import check_target, start_experiments
@@ -150,8 +157,8 @@ def run_alignment(
         if pending is not None:
             result.tracker = pending.finish()
             report["tracker"] = result.tracker
-    atomic_write_json(out / "check.json", report)
-    result.files["check.json"] = out / "check.json"
+    atomic_write_json(out / CHECK_FILE, report)
+    result.files[CHECK_FILE] = out / CHECK_FILE
     render_check(result.checks, plan.aligned_metrics, console)
     return result
 

@@ -14,6 +14,8 @@ from typing import Any
 
 FORMAT = "expflow.package/1"
 MANIFEST = "manifest.json"
+MANIFEST_LOCK = ".manifest.lock"  # serializes the manifest's read-modify-write cycles
+RECORDS = "metrics/records.log"  # the run's metric records (expflow.package.records)
 
 # What gpu.* asks for, as ``expflow.gpu.place_job`` takes it.
 LEASE_KEYS = {"count": int, "mem_mb": int, "max_jobs_per_gpu": int, "allow_cpu": bool}
@@ -52,3 +54,20 @@ def lease_request(package_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
         return None
     request = m.get("lease_request")
     return request if isinstance(request, dict) and _well_typed(request) else None
+
+
+def is_package(path: str | os.PathLike[str]) -> bool:
+    """A save-package directory: one that holds a manifest (a directory this user may not
+    enter holds none)."""
+    try:
+        return (Path(path) / MANIFEST).is_file()
+    except OSError:
+        return False
+
+
+def package_dirs(runs_dir: str | os.PathLike[str]) -> list[Path]:
+    """The package directories directly under ``runs_dir``, sorted: the one way expflow
+    lists the packages of a runs directory. Hidden entries are expflow's own (the code
+    store, the workflow's logs, reruns). OSError when ``runs_dir`` cannot be listed."""
+    return sorted(p for p in Path(runs_dir).iterdir() if not p.name.startswith(".") and is_package(p))
+

@@ -36,7 +36,7 @@ from expflow.errors import CheckpointError, ExpflowError, PackageError
 from expflow.package import shapes
 from expflow.package.checkpoints import CheckpointStore, RetentionPolicy
 from expflow.package.codestore import CodeFile, CodeStore, code_fingerprint, link_or_copy
-from expflow.package.manifest import FORMAT, MANIFEST, lease_request_of
+from expflow.package.manifest import FORMAT, MANIFEST, MANIFEST_LOCK, RECORDS, lease_request_of
 from expflow.package.records import RecordScan, RecordWriter, scan_records
 from expflow.package.status import Status, derive_status, is_claim, process_identity
 from expflow.package.versions import GitProbe, environment_versions
@@ -130,7 +130,7 @@ class SavePackage:
 
     @property
     def records_path(self) -> Path:
-        return self.path / "metrics" / "records.log"
+        return self.path / RECORDS
 
     @property
     def logs_dir(self) -> Path:
@@ -284,7 +284,7 @@ class SavePackage:
 
     def update_manifest(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         """Read-modify-write the manifest under the package lock; atomic on disk."""
-        with FileLock(str(self.path / ".manifest.lock"), timeout=60):
+        with FileLock(str(self.path / MANIFEST_LOCK), timeout=60):
             m = self.manifest()
             change(m)
             atomic_write_json(self.manifest_path, m)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from expflow.errors import SyncDeferred, SyncError
+from expflow.package.manifest import MANIFEST
 from expflow.sync.base import ID_CHOICES, SyncResult, check_reachable, is_network_error
 from expflow.sync.plan import PackageRecords, Pending, pending, same_value
 from expflow.sync.state import SyncState
@@ -39,7 +40,7 @@ from expflow.tracking.mlflow import (
 
 _FINAL = {"COMPLETED": "FINISHED", "CRASHED": "FAILED"}
 _MAX_FLOAT = 1.7976931348623157e308  # MLflow stores +-inf as the largest finite float
-DEFAULT_ARTIFACTS = ("manifest.json",)
+DEFAULT_ARTIFACTS = (MANIFEST,)
 
 
 def mlflow_value(value: float) -> float:

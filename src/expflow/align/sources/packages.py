@@ -25,8 +25,7 @@ from expflow.align.sources.base import (
     require_path,
 )
 from expflow.errors import PackageError
-
-MANIFEST = "manifest.json"
+from expflow.package.manifest import MANIFEST, is_package, package_dirs
 
 
 class ExpflowSource(FileSource):
@@ -40,15 +39,14 @@ class ExpflowSource(FileSource):
 
     def instances(self) -> list[tuple[str | None, Source]]:
         root = require_path(self.spec.path)
-        if (root / MANIFEST).is_file():
+        if is_package(root):
             return [(None, ExpflowSource(self.spec, root))]
         if not root.is_dir():
             raise SourceError(f"{root}: neither a save-package nor a directory of them")
         try:
-            children = sorted(root.iterdir())
+            found = {p.name: p for p in package_dirs(root)}
         except OSError as e:
             raise SourceError(f"{root}: cannot list: {reason(e)}") from None
-        found = {p.name: p for p in children if _is_package(p)}
         wanted = self.spec.runs
         if wanted is not None:
             unknown = [r for r in wanted if r not in found]
@@ -111,13 +109,6 @@ class ExpflowSource(FileSource):
                 f"(first: {bad[0][1]}), {valid} valid record{'' if valid == 1 else 's'}"
             )
         return RawRun(buf.frame(), {}, info)
-
-
-def _is_package(path: Path) -> bool:
-    try:
-        return (path / MANIFEST).is_file()
-    except OSError:  # e.g. a directory this user may not enter
-        return False
 
 
 def _malformed(record: dict[str, Any]) -> str | None:
