@@ -21,6 +21,78 @@ from expflow.errors import SyncDeferred, SyncError
 START_FIELDS = ("project", "workspace", "name", "description", "group", "job_type", "id")
 
 
+class RecordFileError(Exception):
+    """A run file that cannot be read as SwanLab 0.10 records: its message says what and
+    where (the byte), without the path (the caller names the file)."""
+
+
+class RecordFile:
+    """The records of one ``.swanlab`` run file, in order: ``for record in RecordFile(path)``.
+
+    One ``Record`` object is reused for every record (read each before the next). A
+    damaged header, a corrupt or truncated chunk, or a payload that is not a record raises
+    :class:`RecordFileError`; with ``partial`` (the file is still being written: swanlab
+    buffers its writes, so the end may be torn) the iteration stops there instead and
+    ``torn`` holds the byte it stopped at.
+    """
+
+    def __init__(self, path: str | Path, *, partial: bool = False):
+        self.path = Path(path)
+        self.partial = partial
+        self.torn: int | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        import struct
+
+        from google.protobuf.message import DecodeError
+        from swanlab.exceptions import DataStoreError
+        from swanlab.proto.swanlab.record.v1.record_pb2 import Record
+        from swanlab.sdk.internal.core_python.store import DataStoreReader
+
+        bad = (DataStoreError, AssertionError, struct.error)
+        size = self.path.stat().st_size
+        reader = DataStoreReader()
+        try:
+            reader.open(self.path)
+        except bad as e:
+            raise RecordFileError(f"not a readable SwanLab 0.10 record file ({_reason(e)})") from None
+        record = Record()
+        try:
+            while True:
+                before = reader._index  # the reader's byte position (internal, pinned version)
+                try:
+                    data = reader.scan()
+                except bad as e:
+                    if before >= size:  # padding at a clean end of file
+                        return
+                    if self.partial:  # a write in progress: what came before it
+                        self.torn = before
+                        return
+                    raise RecordFileError(f"corrupt record at byte {before} ({_reason(e)})") from None
+                if data is None:
+                    if reader._index != before:
+                        if not self.partial:
+                            raise RecordFileError(f"truncated at byte {before} (the last record is incomplete)")
+                        self.torn = before
+                    return
+                try:
+                    record.ParseFromString(data)
+                except DecodeError:
+                    if self.partial:
+                        self.torn = before
+                        return
+                    raise RecordFileError(f"corrupt record at byte {before} (not a SwanLab record)") from None
+                yield record
+        finally:
+            with contextlib.suppress(Exception):
+                reader.close()
+
+
+def _reason(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 @dataclass
 class OfflineRun:
     """One SwanLab run directory (``run-<time>-<id>/``) as far as expflow needs it."""
@@ -32,26 +104,13 @@ class OfflineRun:
 
 def read_offline_runs(log_dir: str | Path) -> list[OfflineRun]:
     """The readable SwanLab runs under ``log_dir``, oldest first (unreadable ones are left out)."""
-    from swanlab.proto.swanlab.record.v1.record_pb2 import Record
-    from swanlab.sdk.internal.core_python.store import DataStoreReader
-
     runs = []
     for run_file in sorted(Path(log_dir).glob("run-*/run-*.swanlab")):
-        reader = DataStoreReader()
         try:
-            reader.open(run_file)
-            first = reader.scan()
-        except Exception:  # header of another version, corrupt first chunk: not a run we can use
+            record = next(iter(RecordFile(run_file)), None)
+        except (RecordFileError, OSError):  # header of another version, corrupt first chunk: not a run we can use
             continue
-        finally:
-            with contextlib.suppress(Exception):
-                reader.close()
-        record = Record()
-        try:
-            record.ParseFromString(first or b"")
-        except Exception:
-            continue
-        if not record.HasField("start"):
+        if record is None or not record.HasField("start"):
             continue
         start = {f: getattr(record.start, f) for f in START_FIELDS if getattr(record.start, f)}
         start["tags"] = list(record.start.tags)

@@ -13,7 +13,6 @@ the sampled default, per key in parallel.
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ from expflow.align.sources.base import (
     SourceError,
     digest,
     is_number,
-    reason,
     require_path,
     some,
 )
@@ -52,46 +50,14 @@ def read_record_file(path: Path, *, partial: bool = False) -> RawRun:
     buffers its writes, so the end may be a torn record): return the points before the first
     bad or incomplete record instead of failing, with its byte in ``info["torn"]`` (a reader of
     a finished run leaves it False)."""
-    from google.protobuf.message import DecodeError
-    from swanlab.exceptions import DataStoreError
-    from swanlab.proto.swanlab.record.v1.record_pb2 import Record
-    from swanlab.sdk.internal.core_python.store import DataStoreReader
+    from expflow.sync.swanlab_sdk import RecordFile, RecordFileError
 
-    size = path.stat().st_size
-    reader = DataStoreReader()
-    try:
-        reader.open(path)
-    except (DataStoreError, AssertionError, struct.error) as e:
-        raise SourceError(f"{path}: not a readable SwanLab 0.10 record file ({reason(e)})") from None
+    records = RecordFile(path, partial=partial)
     buf = PointBuffer()
     x_axes: dict[str, str] = {}
     info: dict[str, Any] = {"file": str(path)}
-    rec = Record()
     try:
-        while True:
-            before = reader._index  # the reader's byte position (internal, pinned version)
-            try:
-                data = reader.scan()
-            except (DataStoreError, AssertionError, struct.error) as e:
-                if before >= size:  # padding at a clean end of file
-                    break
-                if partial:  # a write in progress: what came before it
-                    info["torn"] = before
-                    break
-                raise SourceError(f"{path}: corrupt record at byte {before} ({reason(e)})") from None
-            if data is None:
-                if reader._index != before and partial:
-                    info["torn"] = before
-                elif reader._index != before:
-                    raise SourceError(f"{path}: truncated at byte {before} (the last record is incomplete)")
-                break
-            try:
-                rec.ParseFromString(data)
-            except DecodeError:
-                if partial:
-                    info["torn"] = before
-                    break
-                raise SourceError(f"{path}: corrupt record at byte {before} (not a SwanLab record)") from None
+        for rec in records:
             kind = rec.WhichOneof("record_type")
             if kind == "scalar":
                 s = rec.scalar
@@ -103,8 +69,10 @@ def read_record_file(path: Path, *, partial: bool = False) -> RawRun:
             elif kind == "start":
                 info.update(name=rec.start.name, id=rec.start.id, project=rec.start.project,
                             start=rec.start.started_at.seconds + rec.start.started_at.nanos / 1e9)
-    finally:
-        reader.close()
+    except RecordFileError as e:
+        raise SourceError(f"{path}: {e}") from None
+    if records.torn is not None:
+        info["torn"] = records.torn
     return RawRun(buf.frame(), x_axes, info)
 
 
