@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from expflow.align.credentials import find_credential
 from expflow.align.presets import PRESETS
 from expflow.align.spec import load_spec
 from expflow.errors import AlignError
+from expflow.tracking.secrets import find_credential
 
 from .conftest import CONF, assert_one_line_error, run_cli
 

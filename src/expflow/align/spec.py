@@ -30,11 +30,11 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from expflow.align.credentials import SECRETS_FILES
 from expflow.align.derived import FORMULAS
 from expflow.align.presets import PATTERN_PREFIX, PRESET_KEY, resolve_preset
 from expflow.align.seed_dialect import translate
 from expflow.errors import AlignError
+from expflow.tracking.secrets import SECRETS_FILES
 
 TARGET_MODES = ("offline", "cloud", "local", "disabled")
 FILL_MODES = ("bfill", "none")

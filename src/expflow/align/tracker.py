@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from expflow.align.credentials import find_credential, missing_message
 from expflow.atomic import atomic_write_json
 from expflow.errors import AlignError
+from expflow.tracking.secrets import find_credential, missing_message
 
 STATE = "experiments.json"
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"

@@ -16,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from expflow.align.credentials import find_credential
 from expflow.align.sources.base import (
     CloudSource,
     FileSource,
@@ -28,6 +27,7 @@ from expflow.align.sources.base import (
     require_path,
     some,
 )
+from expflow.tracking.secrets import find_credential
 
 
 def find_record_files(path: Path) -> list[Path]:

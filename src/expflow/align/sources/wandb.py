@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from expflow.align.credentials import find_credential
 from expflow.align.sources.base import (
     CloudSource,
     FileSource,
@@ -34,6 +33,7 @@ from expflow.align.sources.base import (
     require_path,
     some,
 )
+from expflow.tracking.secrets import find_credential
 
 HEADER = struct.Struct("<4sHB")
 HEADER_IDENT, HEADER_MAGIC, HEADER_VERSION = b":W&B", 0xBEE1, 0
