@@ -10,6 +10,7 @@ from omegaconf import MISSING
 
 from expflow.config.numbers import Range
 from expflow.package.codestore import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
+from expflow.package.retention import RetentionPolicy
 
 
 @dataclass
@@ -51,10 +52,11 @@ class TrainerConfig:
 
 @dataclass
 class CheckpointConfig:
-    fast_keep: int = 2
-    slow_every: int = 5
-    slow_keep: int = 2
-    persistent_keep: int | None = None
+    # The retention policy's own defaults (expflow.package.retention owns them).
+    fast_keep: int = RetentionPolicy.fast_keep
+    slow_every: int = RetentionPolicy.slow_every
+    slow_keep: int = RetentionPolicy.slow_keep
+    persistent_keep: int | None = RetentionPolicy.persistent_keep
 
 
 @dataclass

@@ -450,12 +450,7 @@ class SavePackage:
         if not hasattr(ck, "get"):
             raise PackageError(f"{self.config_path}: invalid config: key 'checkpoint': expected a mapping")
         try:
-            return RetentionPolicy(
-                fast_keep=ck.get("fast_keep", 2),
-                slow_every=ck.get("slow_every", 5),
-                slow_keep=ck.get("slow_keep", 2),
-                persistent_keep=ck.get("persistent_keep"),
-            )
+            return RetentionPolicy(**{f.name: ck[f.name] for f in fields(RetentionPolicy) if f.name in ck})
         except CheckpointError as e:
             raise CheckpointError(f"{self.config_path}: {e.one_line()}") from None
 
