@@ -131,7 +131,7 @@ def test_disabled_frameworks_are_skipped_and_overrides_apply(tmp_path):
         ("source: {kind: csv, path: x}\nmapping: preset:nope\n", "", ["unknown preset 'nope'", "roll, roll-agentic, roll-rlvr, slime, verl"]),
         ("source: {kind: csv, path: x}\nmapping: verl\n", "", ["mapping", "preset:<name>"]),
         ("source: {kind: csv, path: x}\nfill: ffill\n", "", ["fill", "bfill, none"]),
-        ("source: {kind: csv, path: x}\n", "target: {mode: online}\n", ["target.mode", "offline, cloud, local, disabled"]),
+        ("source: {kind: csv, path: x}\n", "target: {mode: online}\n", ["target.mode", "cloud, local, offline, disabled"]),
         ("source: {kind: csv, path: x}\n", "auth: {swanlab_api_key: k}\n", ["auth", "secrets/config.yaml"]),
         ("enabled: false\nsource: {kind: csv, path: x}\n", "", ["every framework is disabled"]),
         ("mapping: null\n", "", ["frameworks.fw.source", "required"]),

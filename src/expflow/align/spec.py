@@ -34,9 +34,10 @@ from expflow.align.derived import FORMULAS
 from expflow.align.presets import PATTERN_PREFIX, PRESET_KEY, resolve_preset
 from expflow.align.seed_dialect import translate
 from expflow.errors import AlignError
+from expflow.tracking.modes import MODES
 from expflow.tracking.secrets import SECRETS_FILES
 
-TARGET_MODES = ("offline", "cloud", "local", "disabled")
+TARGET_MODES = MODES["SwanLab"]  # the target is a SwanLab project
 FILL_MODES = ("bfill", "none")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 

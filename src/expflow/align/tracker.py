@@ -24,11 +24,11 @@ import pandas as pd
 
 from expflow.atomic import atomic_write_json
 from expflow.errors import AlignError
+from expflow.tracking.modes import SWANLAB_NATIVE
 from expflow.tracking.secrets import find_credential, missing_message
 
 STATE = "experiments.json"
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
-SWANLAB_MODES = {"offline": "offline", "cloud": "online", "local": "local"}
 
 
 def experiment_id(project: str, name: str, digest: str) -> str:
@@ -151,7 +151,7 @@ def _quiet_settings(swanlab: Any) -> Any:
 def _log_experiment(table: pd.DataFrame, target: Any, name: str, exp_id: str, log_dir: Path) -> Path | None:
     import swanlab
 
-    mode = SWANLAB_MODES[target.mode]
+    mode = SWANLAB_NATIVE[target.mode]
     log_dir.mkdir(parents=True, exist_ok=True)
     for stale in log_dir.glob(f"run-*-{exp_id}"):
         shutil.rmtree(stale)  # a run of this very id left by an interrupted attempt

@@ -16,7 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-MODES = ("online", "disabled")
+from expflow.tracking.modes import MODES as _MODES
+from expflow.tracking.modes import check_mode
+
+MODES = _MODES["MLflow"]
 RUN_ID_TAG = "expflow.run_id"
 GENERATION_TAG = "expflow.generation"
 # Set on a run a live tracker writes to: its points carry the tracker's own timestamps, so
@@ -89,10 +92,7 @@ class MlflowTracker:
         run_dir: str | Path | None = None,
         run_id: str | None = None,
     ):
-        if mode not in MODES:
-            from expflow.errors import ConfigError
-
-            raise ConfigError(f"tracker.mode: {mode!r} is not a valid MLflow mode; valid: {', '.join(MODES)}")
+        check_mode("MLflow", mode)
         self.project, self.mode, self.tracking_uri = project, mode, tracking_uri
         self.experiment_name, self.run_dir = experiment_name, run_dir
         self.package_run_id = run_id or "unpackaged"

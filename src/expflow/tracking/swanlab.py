@@ -18,9 +18,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-MODES = ("cloud", "local", "offline", "disabled")
-# expflow's mode names -> swanlab's
-_SWANLAB_MODE = {"cloud": "online", "local": "local", "offline": "offline", "disabled": "disabled"}
+from expflow.tracking.modes import MODES as _MODES
+from expflow.tracking.modes import SWANLAB_NATIVE as _SWANLAB_MODE
+from expflow.tracking.modes import check_mode
+
+MODES = _MODES["SwanLab"]
 ID_FILE = "expflow.json"
 _FINISH_STATE = {"COMPLETED": "success", "CRASHED": "crashed"}
 
@@ -49,10 +51,7 @@ class SwanLabTracker:
         run_dir: str | Path | None = None,
         run_id: str | None = None,
     ):
-        if mode not in MODES:
-            from expflow.errors import ConfigError
-
-            raise ConfigError(f"tracker.mode: {mode!r} is not a valid SwanLab mode; valid: {', '.join(MODES)}")
+        check_mode("SwanLab", mode)
         self.project, self.mode, self.workspace = project, mode, workspace
         self.experiment_name = experiment_name or run_id
         self.description, self.tags = description, list(tags or ())

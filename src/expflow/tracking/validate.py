@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from expflow.errors import ConfigError
+from expflow.tracking.modes import DEFAULT_MODE, check_mode
 
 KINDS = {"SwanLabTracker": "SwanLab", "MlflowTracker": "MLflow"}
 # SwanLab's own rule for project names (swanlab.sdk.internal.pkg.constraints.ProjectName).
@@ -39,12 +40,6 @@ def tracker_nodes(node: Any, key: str = "tracker") -> Iterator[tuple[str, str, d
         yield key, KINDS[cls], node
 
 
-def _valid_modes(kind: str) -> tuple[str, ...]:
-    from expflow.tracking import mlflow, swanlab
-
-    return swanlab.MODES if kind == "SwanLab" else mlflow.MODES
-
-
 def secret_keys(node: Any, key: str = "tracker") -> Iterator[str]:
     """Config keys under ``node`` that are credential-named and carry a value (see
     :mod:`expflow.config.credentials`; the values are never shown). The whole config
@@ -67,10 +62,8 @@ def check_tracker(node: Any) -> list[str]:
     warnings: list[str] = []
     enabled: list[str] = []
     for key, kind, t in tracker_nodes(node):
-        mode = t.get("mode", "offline" if kind == "SwanLab" else "online")
-        valid = _valid_modes(kind)
-        if mode not in valid:
-            raise ConfigError(f"{key}.mode: {mode!r} is not a valid {kind} mode; valid: {', '.join(valid)}")
+        mode = t.get("mode", DEFAULT_MODE[kind])
+        check_mode(kind, mode, f"{key}.mode")
         if mode == "disabled":
             continue
         enabled.append(kind)
