@@ -104,3 +104,12 @@ def test_non_numeric_metric_is_rejected(tmp_path):
     with RecordWriter(tmp_path / "r.log") as w, pytest.raises(TypeError, match="'name'"):
         w.log({"name": "text"}, step=1)
     assert os.path.getsize(tmp_path / "r.log") == 0
+
+
+def test_same_value_is_equality_with_nan_equal_to_nan_and_none_never_the_same():
+    from expflow.package.records import same_value
+
+    nan = float("nan")
+    assert same_value(1.5, 1.5) and same_value(nan, nan) and same_value(3, 3.0)
+    assert not same_value(1.5, 1.5000001) and not same_value(nan, 1.0) and not same_value(1.0, nan)
+    assert not same_value(None, None) and not same_value(None, 1.0) and not same_value(0.0, None)

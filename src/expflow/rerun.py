@@ -21,6 +21,7 @@ from rich.table import Table
 from expflow.errors import ExpflowError, PackageError, ReproductionMismatch
 from expflow.package import SavePackage, Status, effective_metrics, utc_now
 from expflow.package.manifest import is_package
+from expflow.package.records import same_value
 
 
 @dataclass
@@ -48,18 +49,12 @@ def metric_table(pkg: SavePackage, ignore: Sequence[str] = ()) -> dict[tuple[int
     return table
 
 
-def _same(a: float | None, b: float | None) -> bool:
-    if a is None or b is None:
-        return False
-    return a == b or (a != a and b != b)  # NaN equals NaN here: bitwise reproduction
-
-
 def compare(original: SavePackage, new: SavePackage, ignore: Sequence[str] = ()) -> Comparison:
     a, b = metric_table(original, ignore), metric_table(new, ignore)
     result = Comparison()
     for key in sorted(set(a) | set(b)):
         result.compared += 1
-        if not _same(a.get(key), b.get(key)):
+        if not same_value(a.get(key), b.get(key)):
             result.mismatches.append((key[0], key[2], a.get(key), b.get(key)))
     return result
 

@@ -166,6 +166,14 @@ def metric_points(records: Iterable[dict[str, Any]]) -> Iterator[tuple[int, str,
             yield rec["step"], name, value
 
 
+def same_value(a: float | None, b: float | None) -> bool:
+    """Two metric values are the same value: equal, or both NaN (a reproduction is bitwise,
+    and servers store NaN as a marker); a missing value (None) is the same as nothing."""
+    if a is None or b is None:
+        return False
+    return a == b or (a != a and b != b)
+
+
 def last_values(records: Iterable[dict[str, Any]]) -> dict[str, float]:
     last: dict[str, float] = {}
     for _, name, value in metric_points(records):

@@ -26,8 +26,9 @@ from typing import Any
 
 from expflow.errors import SyncDeferred, SyncError
 from expflow.package.manifest import MANIFEST
+from expflow.package.records import same_value
 from expflow.sync.base import ID_CHOICES, SyncResult, check_reachable, is_network_error
-from expflow.sync.plan import PackageRecords, Pending, pending, same_value
+from expflow.sync.plan import PackageRecords, Pending, pending
 from expflow.sync.state import SyncState
 from expflow.tracking.mlflow import (
     GENERATION_TAG,

@@ -8,7 +8,6 @@ the next sync picks the record up once it is complete.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,8 +81,3 @@ def points(recs: list[tuple[int, dict[str, Any]]]) -> Iterator[tuple[str, int, f
     for _, r in recs:
         for name, value in r["values"].items():
             yield name, r["step"], value, r["time"]
-
-
-def same_value(a: float, b: float) -> bool:
-    """Equal as numbers, NaN equal to NaN (servers store NaN as a marker)."""
-    return a == b or (math.isnan(a) and math.isnan(b))
