@@ -34,11 +34,18 @@ class RunSpec:
         return " ".join(shlex.quote(o) for o in self.overrides)
 
 
+def config_hash(config: dict[str, Any], exclude: Sequence[str] = ()) -> str:
+    """The sha256 of a config (canonical JSON) without what names or places the run
+    (``ID_EXCLUDED_KEYS``) and the keys in ``exclude``: the one way expflow hashes a config,
+    unresolved for run ids, resolved for a package's config fingerprint."""
+    body = {k: v for k, v in config.items() if k not in ID_EXCLUDED_KEYS and k not in exclude}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def config_id(plain: dict[str, Any], exclude: Sequence[str] = ()) -> str:
     """The run id of an unresolved config: a hash of everything but the run's name and place
     (and the keys in ``exclude``: ``("seed",)`` gives the id of the run's family)."""
-    body = {k: v for k, v in plain.items() if k not in ID_EXCLUDED_KEYS and k not in exclude}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return config_hash(plain, exclude)[:12]
 
 
 def number_at(plain: dict[str, Any], dotted: str) -> float | None:

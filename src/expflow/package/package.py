@@ -41,6 +41,7 @@ from expflow.package.records import RecordScan, RecordWriter, scan_records
 from expflow.package.status import Status, derive_status, is_claim, process_identity
 from expflow.package.versions import GitProbe, environment_versions
 from expflow.paths import translate_write_errors
+from expflow.runid import config_hash
 from expflow.timestamps import utc_now
 
 
@@ -92,9 +93,9 @@ def read_plain_config(path: Path) -> dict[str, Any]:
 
 
 def config_fingerprint(config: dict[str, Any]) -> str:
-    """Hash of the resolved config, without what names or places the run (run id, paths)."""
-    stripped = {k: v for k, v in config.items() if k not in ("run_id", "paths")}
-    return hashlib.sha256(json.dumps(stripped, sort_keys=True, default=str).encode()).hexdigest()
+    """Hash of the resolved config, without what names or places the run (run id, paths;
+    a package's config holds no hydra node)."""
+    return config_hash(config)
 
 
 class SavePackage:
