@@ -222,13 +222,9 @@ class AnalysisContext:
     def evaluate(self, loader: DataLoader | None = None, prefix: str = "val/") -> dict[str, float]:
         """The task's metrics over ``loader``, summed per batch in float64 and averaged per
         sample exactly as the trainer's validation does (so they match the records)."""
-        import torch
+        from expflow.tasks import MetricAverage
 
-        sums: dict[str, torch.Tensor] = {}
-        count = 0
+        average = MetricAverage(self.task)
         for out, y in self.outputs(loader):
-            for k, v in self.task.metric_sums(out, y).items():
-                sums[k] = sums.get(k, 0) + v.detach().to(torch.float64)  # type: ignore[assignment]
-            count += len(y)
-        n = max(count, 1)
-        return {f"{prefix}{k}": (v / n).item() for k, v in sorted(sums.items())}
+            average.add(out, y)
+        return average.means(prefix)

@@ -18,6 +18,7 @@ import torch
 
 from expflow.lifecycle import TrainState
 from expflow.runner import RunContext, Runner
+from expflow.tasks import MetricAverage
 
 _FOLD = 256  # steps of (loss, batch size) kept before they are summed into the epoch's loss
 
@@ -93,15 +94,9 @@ class SupervisedRunner(Runner):
 
     def validate(self, state: TrainState) -> dict[str, Any]:
         ctx = self.ctx
-        sums: dict[str, Any] = {}
-        count = torch.zeros((), device=ctx.device)
+        average = MetricAverage(self.task)
         with torch.no_grad():
             for batch in self.val_dl:
                 x, y = ctx.to_device(batch)
-                for k, v in self.task.metric_sums(self.model(x), y).items():
-                    sums[k] = sums.get(k, 0) + v.detach().to(torch.float64)
-                count += len(y)
-        keys = sorted(sums)
-        stacked = ctx.all_reduce(torch.stack([*(sums[k] for k in keys), count.to(torch.float64)]), op="sum")
-        n = stacked[-1].clamp(min=1)
-        return {f"val/{k}": (stacked[i] / n).item() for i, k in enumerate(keys)}
+                average.add(self.model(x), y)
+        return average.means("val/", reduce=lambda t: ctx.all_reduce(t, op="sum"), device=ctx.device)
