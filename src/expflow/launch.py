@@ -218,9 +218,7 @@ def launch(
         return run_command(pkg, resume=resume, extra_env=extra_env)
     env = dict(os.environ, **(extra_env or {}))
     if from_snapshot:
-        paths = [str((pkg.code_dir / p).resolve()) for p in OmegaConf.select(cfg, "code.pythonpath", default=["src", "."])]
-        env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-        env["PYTHONSAFEPATH"] = "1"  # the working directory must not shadow the snapshot
+        env = pkg.snapshot_env(env, cfg)
     worker = ["-m", "expflow.worker", str(pkg.path.resolve())]
     if resume is not None:
         worker += ["--resume", str(resume)]

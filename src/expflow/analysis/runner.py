@@ -38,18 +38,6 @@ _FIGURE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 # -- the expflow analyze side ----------------------------------------------------------
-def snapshot_env(pkg: SavePackage, env: dict[str, str]) -> dict[str, str]:
-    """``env`` with the package's code snapshot first on the import path (``code.pythonpath``)."""
-    from omegaconf import OmegaConf
-
-    entries = OmegaConf.select(pkg.config(), "code.pythonpath", default=["src", "."])
-    paths = [str((pkg.code_dir / p).resolve()) for p in entries]
-    env = dict(env)
-    env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    env["PYTHONSAFEPATH"] = "1"  # the working directory must not shadow the snapshot
-    return env
-
-
 def _check_snapshot_has_worker(pkg: SavePackage, env: dict[str, str]) -> bool:
     """A snapshot that carries its own expflow (expflow's own repository) must carry the
     analysis worker too; an older one cannot run analyses from its snapshot. Whether that
@@ -118,7 +106,7 @@ def run_analyses(
     env = dict(os.environ, MPLBACKEND="Agg")
     many = True
     if not working_tree:
-        env = snapshot_env(pkg, env)
+        env = pkg.snapshot_env(env)
         many = _check_snapshot_has_worker(pkg, env)
     base = [sys.executable, "-m", "expflow.analysis.worker", str(pkg.path.resolve())]
     if checkpoint is not None:

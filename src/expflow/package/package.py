@@ -416,6 +416,20 @@ class SavePackage:
             pass
 
     # -- contents ------------------------------------------------------------------
+    def snapshot_env(self, env: dict[str, str], config: Any = None) -> dict[str, str]:
+        """``env`` with the package's code snapshot first on the import path
+        (``code.pythonpath`` of ``config``, default the package's own), and the working
+        directory kept off it: how a run's and an analysis's processes import the run's code."""
+        from omegaconf import OmegaConf
+
+        entries = OmegaConf.select(self.config() if config is None else config, "code.pythonpath",
+                                   default=["src", "."])
+        paths = [str((self.code_dir / p).resolve()) for p in entries]
+        env = dict(env)
+        env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        env["PYTHONSAFEPATH"] = "1"  # the working directory must not shadow the snapshot
+        return env
+
     def config(self) -> Any:
         from omegaconf import DictConfig, OmegaConf
 
