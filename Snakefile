@@ -24,6 +24,7 @@ include: "workflows/rules/analyze.smk"
 include: "workflows/rules/report.smk"
 include: "workflows/rules/sync.smk"
 include: "workflows/rules/align.smk"
+include: "workflows/rules/search.smk"
 
 
 rule all:

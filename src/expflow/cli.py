@@ -42,7 +42,7 @@ def cmd_continue(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from expflow.launch import run_package
-    from expflow.package import SavePackage, Status
+    from expflow.package import SavePackage
 
     pkg = SavePackage.open(args.package)
     pkg.check()  # every file it reads or appends to: a damaged one is one line, before anything is touched
@@ -53,19 +53,19 @@ def cmd_continue(args: argparse.Namespace) -> int:
     if status.active:
         raise PackageError(f"{pkg.path}: the run is {status.value} in a live process; stop it before continuing")
     store = pkg.checkpoints()
-    if status is Status.COMPLETED and args.checkpoint is None:
+    if status.finished and args.checkpoint is None:
         if not args.force:
-            raise PackageError(f"{pkg.path}: the run is already COMPLETED; nothing to continue (--force continues it "
-                               "from its latest checkpoint, --checkpoint STEP from an earlier one)")
+            raise PackageError(f"{pkg.path}: the run is already {status.value}; nothing to continue (--force continues "
+                               "it from its latest checkpoint, --checkpoint STEP from an earlier one)")
         if not store.list():
-            raise PackageError(f"{pkg.path}: the run is COMPLETED and has no checkpoint to continue from")
+            raise PackageError(f"{pkg.path}: the run is {status.value} and has no checkpoint to continue from")
     if args.checkpoint is not None or store.list():
         # Fail early, in this process, on a missing or corrupt checkpoint.
         store.load(store.find(args.checkpoint), map_location="cpu")
     resume = args.checkpoint if args.checkpoint is not None else "latest"
     # Through run_package: the run leases its GPUs like any train job (waiting as QUEUED).
     result = run_package(pkg, resume=resume, from_snapshot=not args.working_tree, completed=True)
-    Console().print(f"[green]{pkg.run_id} COMPLETED[/]")
+    Console().print(f"[green]{pkg.run_id} {result.status.value}[/]")
     say_cpu_fallback(pkg)
     for k, v in sorted(result.metrics.items()):
         Console().print(f"  {k} = {v:.6g}")
@@ -262,6 +262,7 @@ COMMAND_MODULES: list[str] = [
     "expflow.report",
     "expflow.scaffold",
     "expflow.diff",
+    "expflow.search.cli",
 ]
 
 

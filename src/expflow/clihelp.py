@@ -144,6 +144,32 @@ COMMAND_HELP: dict[str, tuple[str, str]] = {
           expflow diff runs/3f2a9c1b7d4e runs/8c01d2e3f4a5
           expflow diff runs/3f2a9c1b7d4e runs/.reruns/3f2a9c1b7d4e-1 --json""",
     ),
+    "search": (
+        "List a search's trials by objective, with its best trial and package; --html adds the plots.",
+        """Reads the study journals of the workflow's searches (<runs>/.search/<name>/study.journal)
+        and each trial's package status; writes nothing but the --html page. Trials are listed
+        complete ones first, best first (pruned ones at the last value they reported), with
+        their parameters and run ids. The page plots the objective of each trial, the best
+        value so far, and each parameter's importance (Optuna's fANOVA evaluator). Needs
+        Optuna (pip install 'expflow[search]').
+
+        Examples:
+          expflow search runs
+          expflow search runs --name lr_width --json
+          expflow search runs --html runs/search.html""",
+    ),
+    "search-slot": (
+        "Run trials of a workflow search until its trial budget is spent (the search rule's job).",
+        """Reads the search settings (--spec, the workflow's search section as JSON), the Hydra
+        config and the study journal in <runs>/.search/<name>/. Each trial asked of the study
+        becomes a save-package <runs>/<run_id>/ (the id of its composed config), trained on
+        GPUs leased like any train job, its objective reported as it is recorded (the pruner
+        may stop it: PRUNED) and told to the study. A trial whose slot died is continued from
+        its package. The workflow runs search.parallel of these; one by hand is the same.
+
+        Examples:
+          expflow search-slot --runs runs --slot 0 --spec '{"name": "s", "objective": "val/acc", "direction": "max", "params": {"optim.lr": "tag(log, interval(1e-4, 1e-1))"}, "n_trials": 4}'""",
+    ),
     "report": (
         "Write one self-contained HTML page about a runs directory: run table, learning curves, sweep, analyses.",
         """Reads every package under --runs (manifest, config, metric records, analyses); writes one

@@ -100,7 +100,7 @@ def run_package(pkg: SavePackage, *, from_snapshot: bool = True, wait: bool = Tr
     from expflow.runner.command import run_command
 
     status = pkg.status()
-    if status is Status.COMPLETED and not completed:
+    if status.finished and not completed:
         return RunResult(pkg, status, _last_metrics(pkg))
     pkg.check()  # a damaged file is one line before the package is touched (claimed, leased)
     if status.active and pkg.manifest().get("attempts"):
@@ -231,7 +231,7 @@ def launch(
     with pkg.claim():  # a QUEUED package (a rerun's): killed before the child starts, it shows CRASHED
         proc = subprocess.run(cmd, env=env, preexec_fn=die_with_parent if sys.platform == "linux" else None)
     status = pkg.status()
-    if proc.returncode != 0 or status is not Status.COMPLETED:
+    if proc.returncode != 0 or not status.finished:
         error = pkg.manifest().get("error") or {}
         detail = f"{error.get('type')}: {error.get('message')}" if error else f"exit code {proc.returncode}"
         error = RunCrashed(f"run {pkg.run_id} crashed: {detail} (logs in {pkg.logs_dir})")

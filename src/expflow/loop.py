@@ -8,6 +8,7 @@ runner owns what a step, a validation pass and a visualization do. One :class:`L
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -72,6 +73,12 @@ class Loop:
         total = self.steps_per_epoch * self.state.max_epochs if self.steps_per_epoch is not None else 0
         self.reporter = ProgressReporter(str(cfg.trainer.progress), logs, total, pkg.path.name, enabled=env.is_main)
         self.log_every = int(cfg.trainer.log_every_n_steps)
+        # A search trial's run (a slot set EXPFLOW_TRIAL): rank 0 reports the objective as it
+        # is recorded; once the study's pruner says stop, the run ends after that epoch.
+        from expflow.search.trial import TRIAL_ENV, TrialReport
+
+        self.in_trial = bool(os.environ.get(TRIAL_ENV))
+        self.trial = TrialReport.from_env() if self.in_trial and env.is_main else None
 
     # -- checkpoints -------------------------------------------------------------
     def restore(self, checkpoint: tuple[Any, dict[str, Any]] | None) -> None:
@@ -135,6 +142,8 @@ class Loop:
         if self.writer is not None:
             self.writer.log(values, step=self.state.step, epoch=epoch)
             self.tracker.log(values, self.state.step)
+        if self.trial is not None and self.trial.observe(values, self.state.step):
+            self.state.stop = True
 
     def log_now(self, values: dict[str, Any], epoch: int | None) -> None:
         """``ctx.log`` and ``expflow.log`` from the runner's code: inside ``train_step``, at the
@@ -226,6 +235,10 @@ class Loop:
             lc.after_validation(state)
         if epoch_values:
             self.log(epoch_values, epoch_no)
+        if self.in_trial and self.env.distributed:  # rank 0's pruning decision stops every rank
+            from expflow import distributed
+
+            self.state.stop = any(distributed.gather_objects(self.state.stop))
         self.reporter.line(
             f"[{self.pkg.path.name}] epoch {epoch_no}/{state.max_epochs} step {state.step} {format_metrics(epoch_values)}"
         )

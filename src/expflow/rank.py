@@ -134,11 +134,13 @@ def _execute(pkg: SavePackage, resume: str | int | None, env: Any, logs: Any) ->
             pkg.set_status(Status.RUNNING, device=str(device), world_size=env.world_size)
         run.run()
         distributed.barrier()
+        final = Status.PRUNED if run.trial is not None and run.trial.pruned else Status.COMPLETED
         if main:
             writer.flush()  # type: ignore[union-attr]  # every record is on disk before COMPLETED
-            pkg.set_status(Status.COMPLETED, progress=run.progress())
-            tracker.finish("COMPLETED")
-        return RunResult(pkg, Status.COMPLETED, dict(run.state.metrics))
+            extra = {"pruned": run.trial.record()} if final is Status.PRUNED else {}  # type: ignore[union-attr]
+            pkg.set_status(final, progress=run.progress(), **extra)
+            tracker.finish(final.value)
+        return RunResult(pkg, final, dict(run.state.metrics))
     except BaseException as e:
         failed = True
         if main:

@@ -23,9 +23,9 @@ from expflow.package.manifest import package_dirs as listed_packages
 if TYPE_CHECKING:
     from rich.console import Console
 
-STATUS_ORDER = ("RUNNING", "PREPARING", "QUEUED", "CRASHED", "COMPLETED")
+STATUS_ORDER = ("RUNNING", "PREPARING", "QUEUED", "CRASHED", "PRUNED", "COMPLETED")
 STATUS_STYLE = {"COMPLETED": "green", "RUNNING": "cyan", "PREPARING": "blue", "QUEUED": "yellow",
-                "CRASHED": "bold red"}
+                "CRASHED": "bold red", "PRUNED": "magenta"}
 SORT_KEYS = ("created", "started", "finished", "duration", "status", "run", "metric")
 
 
@@ -128,7 +128,7 @@ class Board:
             # Killed: nothing recorded its end; the last heartbeat is when it was last alive.
             finished = _iso(hb.get("time")) if hb.get("time") else None
             estimated = finished is not None
-        elif status not in ("COMPLETED", "CRASHED"):
+        elif status not in ("COMPLETED", "CRASHED", "PRUNED"):
             finished = None
         end = _ts(finished) if finished else (time.time() if status in ("RUNNING", "PREPARING") else None)
         wall = max(end - _ts(started), 0.0) if started and end is not None else None

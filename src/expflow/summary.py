@@ -57,7 +57,7 @@ def package_summary(pkg: SavePackage) -> dict[str, Any]:
         "overrides": m.get("overrides", []),
         "created": m.get("created"),
         "started": m.get("started"),
-        "finished": m.get("finished") if status in (Status.COMPLETED, Status.CRASHED) else None,
+        "finished": m.get("finished") if status in (Status.COMPLETED, Status.CRASHED, Status.PRUNED) else None,
         "device": m.get("device"),
         "gpus": m.get("gpus", []),
         "gpu_count": gpu_count,

@@ -66,6 +66,8 @@ def plan_workflow(config: dict[str, Any], *, families: bool = False,
     only costs the next parse its planning."""
     settings = workflow_settings(config)
     if not settings["sweep"]:
+        if (settings.get("search") or {}).get("enabled"):
+            return {}  # the search's trials are the workflow's runs
         settings["sweep"] = [""]  # the default config alone
     estimate = (settings.get("train") or {}).get("estimate")
     # With a cache, families always (a hash per run): the key stays the same when the first
@@ -84,6 +86,27 @@ def plan_workflow(config: dict[str, Any], *, families: bool = False,
         raise ConfigError(f"workflow config key 'train.estimate': {estimate!r} is not a number in any run's config "
                           "(name a config key that holds one, e.g. trainer.max_epochs, or null)")
     return runs
+
+
+def search_settings(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The workflow's search (None when ``search.enabled`` is off): its settings as the slot
+    jobs' ``--spec`` JSON, its name, budget and slot count, and the GPUs of each trial
+    (``search.gpus``, else the ``gpu.count`` of a trial's config without its parameters)."""
+    section = dict(config.get("search") or {})
+    if not section.pop("enabled", False):
+        return None
+    from expflow.search.study import SearchSpec
+
+    settings = workflow_settings(config)
+    spec = SearchSpec.from_config(section, settings["common"])
+    gpus = spec.gpus
+    if gpus is None:
+        from expflow.config import compose_config
+
+        cfg = compose_config(list(spec.overrides), config_dir=settings["config_dir"])
+        gpus = int(cfg.gpu.count)
+    return {"name": spec.name, "n_trials": spec.n_trials, "slots": spec.parallel, "gpus": gpus,
+            "spec": json.dumps(spec.to_json(), sort_keys=True)}
 
 
 # -- the plan cache ------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from expflow.workflow import (
     plan_workflow,
     run_priorities,
     train_seconds,
+    search_settings,
     validate_workflow_config,
     workflow_settings,
 )
@@ -28,6 +29,8 @@ with config_errors_exit():
     # Longer runs first (LPT order) through Snakemake's job priorities, when a duration is
     # known: train.estimate, or the train times of earlier runs of the same family.
     PRIORITIES = run_priorities(RUNS, TRAIN_SECONDS)
+    # search.enabled: the adaptive search's slots (search.smk); None when off.
+    SEARCH = search_settings(config)
 
 
 def on_failure(rule_name):
@@ -47,6 +50,7 @@ TRAIN_RETRIES = 0 if workflow.remote_exec else config["train"]["retries"]
 
 wildcard_constraints:
     run=r"[0-9a-f]{12}",
+    slot=r"[0-9]+",
     stamp=r"[0-9]+",
 
 
@@ -92,10 +96,20 @@ def analysis_targets(runs):
     return [f"{RUNS_DIR}/{run}/analysis/{script}/analysis.done" for run in runs for script in ANALYSES]
 
 
+if SEARCH:
+    SEARCH_DIR = f"{RUNS_DIR}/.search/{SEARCH['name']}"
+    SEARCH_SLOTS = [f"{SEARCH_DIR}/slots/{SEARCH['n_trials']}-{slot}.done" for slot in range(SEARCH["slots"])]
+    SEARCH_ROUNDS = -(-SEARCH["n_trials"] // SEARCH["slots"])  # trials a slot may run, for its runtime
+else:
+    SEARCH_SLOTS = []
+
+
 def all_targets():
-    """Every run trained, and every listed analysis of it."""
+    """Every run trained, and every listed analysis of it (and the search, when enabled)."""
     targets = expand(rules.train.output.done, run=sorted(RUNS))
     targets += analysis_targets(sorted(RUNS))
+    if SEARCH:
+        targets.append(rules.search_results.output.html)
     if SYNC_TARGET != "off":
         targets += [sync_target(run) for run in sorted(RUNS)]
     if config["report"]["enabled"]:

@@ -8,6 +8,7 @@ rule report:
     input:
         trained=expand(rules.train.output.done, run=sorted(RUNS)),
         analyses=analysis_targets(sorted(RUNS)),
+        search=SEARCH_SLOTS,  # the search's trials are packages of the runs directory too
     output:
         html=REPORT_HTML,
     log:
@@ -15,8 +16,7 @@ rule report:
     benchmark:
         f"{WORKFLOW_DIR}/benchmarks/report.tsv"
     params:
-        # <runs_dir>, from <runs_dir>/<run>/train.done
-        runs=lambda wildcards, input: os.path.dirname(os.path.dirname(input.trained[0])),
+        runs=RUNS_DIR,
     resources:
         mem_mb=1000,
         runtime=10,

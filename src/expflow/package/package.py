@@ -309,7 +309,7 @@ class SavePackage:
                 m["started"] = now
             if status is Status.RUNNING:
                 m["finished"] = None
-            if status in (Status.COMPLETED, Status.CRASHED):
+            if status in (Status.COMPLETED, Status.CRASHED, Status.PRUNED):
                 m["finished"] = now
             m.update(fields)
 

@@ -226,7 +226,7 @@ SHA256 = Pattern("a SHA-256 hex digest", r"[0-9a-f]{64}")
 
 # -- the package's files ---------------------------------------------------------------
 
-STATUSES = ("QUEUED", "PREPARING", "RUNNING", "COMPLETED", "CRASHED")
+STATUSES = ("QUEUED", "PREPARING", "RUNNING", "COMPLETED", "CRASHED", "PRUNED")
 
 PROCESS = {"host": STR, "pid": INT, "pid_started": Nullable(NUMBER)}
 
@@ -267,6 +267,10 @@ MANIFEST = Obj(
                               "released": Nullable(NUMBER)})),
         "scheduler_jobs": ListOf(OBJECT),
         "command": Nullable(Obj({"argv": ListOf(STR), "pid": INT, "cwd": STR})),  # runner=command's program
+        # A search trial's package (expflow.search): its study and trial, and where its pruner stopped it.
+        "search": Nullable(Obj({"study": STR, "trial": INT, "params": OBJECT, "objective": STR})),
+        "pruned": Nullable(Obj({"study": STR, "trial": Nullable(INT), "objective": STR, "step": Nullable(INT),
+                                "value": Nullable(NUMBER)})),
     },
     required=("format",),
 )

@@ -13,10 +13,16 @@ class Status(StrEnum):
     RUNNING = "RUNNING"
     COMPLETED = "COMPLETED"
     CRASHED = "CRASHED"
+    PRUNED = "PRUNED"  # a search trial stopped early by its study's pruner (checkpoint and records kept)
 
     @property
     def active(self) -> bool:
         return self in (Status.QUEUED, Status.PREPARING, Status.RUNNING)
+
+    @property
+    def finished(self) -> bool:
+        """Trained to its end: COMPLETED, or PRUNED at the step its pruner chose (nothing to continue)."""
+        return self in (Status.COMPLETED, Status.PRUNED)
 
 
 HOST = os.uname().nodename  # what socket.gethostname() returns, without importing socket

@@ -191,13 +191,17 @@ class _SerialWriter:
     """The package's record writer, shared by the metrics channel's thread and the tracker
     ingest (this thread): RecordWriter.log is for one thread at a time."""
 
-    def __init__(self, writer: Any):
+    def __init__(self, writer: Any, trial: Any = None):
         self._writer = writer
         self._lock = threading.Lock()
+        self.trial = trial  # a search trial's TrialReport: sees every record the program writes
 
     def log(self, values: dict[str, Any], step: int, epoch: int | None = None) -> int:
         with self._lock:
-            return self._writer.log(values, step=step, epoch=epoch)
+            written = self._writer.log(values, step=step, epoch=epoch)
+            if self.trial is not None:
+                self.trial.observe(values, step)
+            return written
 
     def rollback(self, to_step: int) -> int:
         with self._lock:
@@ -232,6 +236,7 @@ def _supervise(pkg: SavePackage, cfg: Any, spec: CommandSpec, resume: str | int 
     from expflow.runner.channel import MetricsChannel
     from expflow.runner.ingest import TrackerIngest, parse_sources, tracker_env
     from expflow.runner.pyseed import seeded_env
+    from expflow.search.trial import TrialReport
 
     sources = parse_sources(spec.ingest)
     cwd = (pkg.code_dir / spec.cwd).resolve()
@@ -249,7 +254,7 @@ def _supervise(pkg: SavePackage, cfg: Any, spec: CommandSpec, resume: str | int 
     own_writer = None
     try:
         own_writer = pkg.record_writer()
-        writer = _SerialWriter(own_writer)
+        writer = _SerialWriter(own_writer, TrialReport.from_env())
         kind = "continue" if resume is not None else "train"
         pkg.set_status(Status.PREPARING, error=None, note=kind)
         name = pkg.path.name
@@ -322,7 +327,7 @@ def _supervise(pkg: SavePackage, cfg: Any, spec: CommandSpec, resume: str | int 
                 t.start()
             pkg.set_status(Status.RUNNING, device=extra_env.get("CUDA_VISIBLE_DEVICES") or "cpu",
                            world_size=1, command={"argv": argv, "pid": proc.pid, "cwd": str(cwd)})
-            code = _wait(proc, spec, ingest)
+            code = _wait(proc, spec, ingest, writer.trial)
             for t in tees:
                 t.join(timeout=10)
         finally:
@@ -336,6 +341,10 @@ def _supervise(pkg: SavePackage, cfg: Any, spec: CommandSpec, resume: str | int 
             print(f"expflow: warning: {line}", file=sys.stderr, flush=True)
         writer.flush()  # every record is on disk before COMPLETED
         last_step = _last_step(pkg)
+        trial = writer.trial
+        if trial is not None and trial.pruned:  # stopped by the search's pruner, not failed
+            pkg.set_status(Status.PRUNED, progress={"step": last_step}, pruned=trial.record())
+            return Status.PRUNED
         if code == 0:
             pkg.set_status(Status.COMPLETED, progress={"step": last_step})
             return Status.COMPLETED
@@ -383,9 +392,10 @@ def _terminal(logs: Any, stream: str) -> IO[bytes] | None:
     return getattr(target, "buffer", None)
 
 
-def _wait(proc: subprocess.Popen[bytes], spec: CommandSpec, ingest: Any) -> int:
+def _wait(proc: subprocess.Popen[bytes], spec: CommandSpec, ingest: Any, trial: Any = None) -> int:
     """Wait for the program, reading its tracker files every ``ingest_every_s`` seconds, and
-    forward SIGTERM/SIGINT to its process group. Returns its exit code (negative: a signal)."""
+    forward SIGTERM/SIGINT to its process group; a search trial the pruner stops gets SIGTERM
+    (then SIGKILL after ``stop_grace_s``). Returns its exit code (negative: a signal)."""
     from expflow.rank import Terminated
 
     received: list[int] = []
@@ -407,6 +417,12 @@ def _wait(proc: subprocess.Popen[bytes], spec: CommandSpec, ingest: Any) -> int:
                 break
             except subprocess.TimeoutExpired:
                 pass
+            if trial is not None and trial.pruned and deadline is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                deadline = time.monotonic() + spec.stop_grace_s
             if received and deadline is None:
                 deadline = time.monotonic() + spec.stop_grace_s
             if deadline is not None and time.monotonic() > deadline:

@@ -39,7 +39,7 @@ from expflow.tracking.mlflow import (
     package_runs,
 )
 
-_FINAL = {"COMPLETED": "FINISHED", "CRASHED": "FAILED"}
+_FINAL = {"COMPLETED": "FINISHED", "CRASHED": "FAILED", "PRUNED": "FINISHED"}
 _MAX_FLOAT = 1.7976931348623157e308  # MLflow stores +-inf as the largest finite float
 DEFAULT_ARTIFACTS = (MANIFEST,)
 

@@ -28,7 +28,7 @@ from expflow.sync.plan import PackageRecords, pending, points
 from expflow.sync.state import SyncState
 
 DEFAULT_API_HOST = "https://api.swanlab.cn"
-_FINAL = {"COMPLETED": "FINISHED", "CRASHED": "CRASHED"}
+_FINAL = {"COMPLETED": "FINISHED", "CRASHED": "CRASHED", "PRUNED": "FINISHED"}
 
 
 class SwanLabTarget:

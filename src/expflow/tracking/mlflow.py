@@ -25,7 +25,7 @@ GENERATION_TAG = "expflow.generation"
 # Set on a run a live tracker writes to: its points carry the tracker's own timestamps, so
 # a sync compares with what the server holds instead of trusting its own state alone.
 LIVE_TAG = "expflow.live"
-_TERMINAL = {"COMPLETED": "FINISHED", "CRASHED": "FAILED"}
+_TERMINAL = {"COMPLETED": "FINISHED", "CRASHED": "FAILED", "PRUNED": "FINISHED"}
 # Params: MLflow keeps at most this many characters of a value.
 PARAM_VALUE_LIMIT = 6000
 

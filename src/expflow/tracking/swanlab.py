@@ -24,7 +24,7 @@ from expflow.tracking.modes import check_mode
 
 MODES = _MODES["SwanLab"]
 ID_FILE = "expflow.json"
-_FINISH_STATE = {"COMPLETED": "success", "CRASHED": "crashed"}
+_FINISH_STATE = {"COMPLETED": "success", "CRASHED": "crashed", "PRUNED": "success"}
 
 
 def recorded_experiment_id(log_dir: str | Path) -> str | None:

@@ -1,0 +1,290 @@
+"""The adaptive search: Optuna trials as packages in the workflow, on leased GPUs, pruned early."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna")  # the search extra; .ci/run installs it
+
+from expflow.errors import ConfigError  # noqa: E402
+from expflow.package import SavePackage, Status, last_values  # noqa: E402
+from expflow.search.space import parse_space  # noqa: E402
+from expflow.search.study import SearchSpec, journal_storage, storage_path  # noqa: E402
+
+from .conftest import REPO, run_cli  # noqa: E402
+from .test_workflow import BARRIER, make_project, packages, snakemake  # noqa: E402
+
+
+# -- the space, from Hydra's sweep syntax --------------------------------------------------
+def test_space_reads_hydra_optuna_sweeper_syntax():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    space = parse_space({"optim.lr": "tag(log, interval(1e-4, 1e-1))", "x": "interval(0, 2)",
+                         "n": "tag(int, interval(1, 8))", "k": "range(1, 10, 2)", "f": "range(0.5, 2.0, 0.5)",
+                         "model.hidden": "choice([32],[64,32])", "opt": "adamw,sgd", "seed": 3})
+    d = space.distributions
+    assert d["optim.lr"] == FloatDistribution(1e-4, 1e-1, log=True)
+    assert d["x"] == FloatDistribution(0.0, 2.0)
+    assert d["n"] == IntDistribution(1, 8)
+    assert d["k"] == IntDistribution(1, 9, step=2)  # Hydra's range excludes its stop
+    assert d["f"] == FloatDistribution(0.5, 1.5, step=0.5)
+    assert d["model.hidden"] == CategoricalDistribution(["[32]", "[64,32]"])  # lists as their override text
+    assert d["opt"] == CategoricalDistribution(["adamw", "sgd"])
+    assert space.fixed == ("seed=3",)
+    assert space.overrides({"optim.lr": 0.001, "x": 1.5, "n": 4, "k": 3, "f": 1.0, "model.hidden": "[64,32]",
+                            "opt": "sgd"}) == [
+        "seed=3", "optim.lr=0.001", "x=1.5", "n=4", "k=3", "f=1.0", "model.hidden=[64,32]", "opt=sgd"]
+
+
+@pytest.mark.parametrize("params, needle", [
+    ({"optim.lr": "tag(log, interval(0, 1))"}, "search.params.optim.lr: a log scale needs bounds above 0"),
+    ({"optim.lr": "interval(2, 1)"}, "search.params.optim.lr: bounds 2.0, 1.0 must be finite with low <= high"),
+    ({"optim.lr": "interval(1"}, "search.params.optim.lr: 'interval(1' is not an override value"),
+    ({"k": "range(5, 1)"}, "search.params.k: range(5, 1, 1) is empty"),
+    ({"seed": 3}, "search.params: no key to search"),
+    ({"m": "choice(a, a)"}, "search.params.m: choice(...) lists an option twice"),
+    ({"m": "tag(log, choice(1, 2))"}, "search.params.m: tags apply to interval(...) and range(...)"),
+])
+def test_bad_space_is_one_line_naming_the_key(params, needle):
+    with pytest.raises(ConfigError) as e:
+        parse_space(params)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("section, needle", [
+    ({"params": {"x": "interval(0, 1)"}, "direction": "up"}, "search.direction: 'up' is not valid; valid: max, min"),
+    ({"params": {"x": "interval(0, 1)"}, "n_trials": 0}, "search.n_trials: 0 is not valid"),
+    ({"params": {}}, "search.params: give the keys to search"),
+    ({"params": {"x": "interval(0, 1)"}, "sampler": "tpe"}, "search.sampler: 'tpe' is not valid"),
+    ({"params": {"x": "interval(0, 1)"}, "enqueue": [{"y": 1}]}, "search.enqueue: 'y' is not a searched key"),
+    ({"params": {"x": "interval(0, 1)"}, "name": "a/b"}, "search.name: 'a/b' is not valid"),
+])
+def test_bad_search_settings_are_one_line(section, needle):
+    with pytest.raises(ConfigError) as e:
+        SearchSpec.from_config({"objective": "val/acc", **section})
+    assert needle in str(e.value)
+
+
+def test_sampler_that_cannot_be_built_is_one_line(tmp_path):
+    from expflow.search.study import open_study
+
+    spec = SearchSpec.from_config({"objective": "val/acc", "params": {"x": "interval(0, 1)"},
+                                   "sampler": {"_target_": "optuna.samplers.NoSuchSampler"}})
+    with pytest.raises(ConfigError) as e:
+        open_study(spec, tmp_path)
+    assert "search.sampler: cannot build 'optuna.samplers.NoSuchSampler'" in str(e.value)
+
+
+# -- slots in processes of their own, sharing one study -------------------------------------
+SMALL = ["trainer=debug", "trainer.max_epochs=3", "trainer.threads=1", "gpu=cpu", "trainer.progress=plain"]
+
+
+def _spec(**extra) -> dict:
+    section = {"name": "s", "objective": "val/acc", "direction": "max", "n_trials": 4,
+               "params": {"optim.lr": "tag(log, interval(1e-5, 1e-1))"},
+               "sampler": {"_target_": "optuna.samplers.RandomSampler", "seed": 0}}
+    section.update(extra)
+    return SearchSpec.from_config(section, SMALL).to_json()
+
+
+def test_two_slots_spend_the_budget_exactly_once(tmp_path):
+    """Two slot processes at once: exactly n_trials trials, each its own package, each told."""
+    runs = tmp_path / "runs"
+    spec = json.dumps(_spec(n_trials=5))
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    procs = [subprocess.Popen([sys.executable, "-m", "expflow", "search-slot", "--runs", str(runs),
+                               "--config-dir", str(REPO / "conf"), "--slot", str(i), "--spec", spec],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    study = optuna.load_study(study_name="s", storage=journal_storage(storage_path(runs, "s")))
+    trials = study.get_trials()
+    assert len(trials) == 5 and all(t.state.name == "COMPLETE" for t in trials)
+    run_ids = [t.user_attrs["run_id"] for t in trials]
+    assert len(set(run_ids)) == 5
+    for t in trials:
+        pkg = SavePackage.open(runs / t.user_attrs["run_id"])
+        assert pkg.status() is Status.COMPLETED
+        assert pkg.manifest()["search"]["trial"] == t.number
+        assert last_values(pkg.scan_records().records)["val/acc"] == pytest.approx(t.value)
+    ran = sum(int(o.rsplit("slot", 1)[1].split(":")[1].split()[0]) for o in outs)
+    assert ran == 5  # each trial by one slot
+
+
+def test_trial_of_a_dead_slot_is_continued_from_its_package(tmp_path):
+    """A slot killed in the middle of a trial: the next slot continues that trial (same
+    trial number, same package, from its checkpoint), and the budget stays exact."""
+    runs = tmp_path / "runs"
+    spec = _spec(n_trials=2, overrides=["trainer.max_epochs=6", "lifecycle._target_=killer.KillAfterSave"])
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "killer.py").write_text(KILLER)
+    env = dict(os.environ, PYTHONPATH=f"{REPO / 'src'}:{src}", KILL_MARKER=str(tmp_path / "killed"))
+    cmd = [sys.executable, "-m", "expflow", "search-slot", "--runs", str(runs), "--config-dir", str(REPO / "conf"),
+           "--spec", json.dumps(spec)]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == -signal.SIGKILL, first.stdout + first.stderr
+    study = optuna.load_study(study_name="s", storage=journal_storage(storage_path(runs, "s")))
+    (running,) = study.get_trials()
+    assert running.state.name == "RUNNING"
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "trial 0 (run" in second.stdout and "(continued)" in second.stdout
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    pkg = SavePackage.open(runs / trials[0].user_attrs["run_id"])
+    attempts = pkg.manifest()["attempts"]
+    assert [a["kind"] for a in attempts] == ["train", "continue"] and attempts[1]["from_step"] > 0
+    assert pkg.manifest()["progress"]["epoch"] == 6
+
+
+KILLER = '''
+import os
+import signal
+from pathlib import Path
+
+from expflow.lifecycle import Lifecycle
+
+
+class KillAfterSave(Lifecycle):
+    """SIGKILLs its process (the slot: trials train in it) after the epoch-2 checkpoint, once."""
+
+    def after_save(self, state):
+        marker = Path(os.environ["KILL_MARKER"])
+        if state.epoch == 2 and not marker.exists():
+            marker.write_text("killed")
+            os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+# -- the workflow ----------------------------------------------------------------------------
+def _search_workflow(n_trials: int, parallel: int, **extra) -> dict:
+    search = {
+        "enabled": True, "name": "lr_width", "objective": "val/acc", "direction": "max",
+        "params": {"optim.lr": "tag(log, interval(1e-7, 1e-1))", "model.hidden": "choice([16],[64])"},
+        "n_trials": n_trials, "parallel": parallel,
+        "sampler": {"_target_": "optuna.samplers.TPESampler", "seed": 0},
+        # Three good trials first: the median the pruner compares with is theirs; a trial with a
+        # rate too small to learn in an epoch falls far below it.
+        "pruner": {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 3, "n_warmup_steps": 0},
+        "enqueue": [{"optim.lr": 0.01, "model.hidden": [64]}, {"optim.lr": 0.02, "model.hidden": [64]},
+                    {"optim.lr": 0.005, "model.hidden": [16]}],
+    }
+    search.update(extra)
+    return {"sweep": [], "common": ["trainer=debug", "trainer.max_epochs=4", "trainer.threads=1", "gpu.count=1",
+                                    "gpu.max_jobs_per_gpu=1", "gpu.allow_cpu=true"],
+            "train": {"threads": 1, "retries": 0}, "analyze": {"scripts": []}, "report": {"enabled": True},
+            "search": search}
+
+
+def _study(proj: Path):
+    return optuna.load_study(study_name="lr_width", storage=journal_storage(storage_path(proj / "runs", "lr_width")))
+
+
+@pytest.mark.slow
+def test_workflow_search_twelve_trials_three_at_once_on_four_gpus(tmp_path):
+    workflow = _search_workflow(12, 3)
+    workflow["common"].append("lifecycle._target_=barrier.MeetAtBarrier")
+    proj = make_project(tmp_path, workflow, {"src/barrier.py": BARRIER})
+    barrier = tmp_path / "barrier"
+    # The first three trials wait for one another, holding their leases: three trials at once
+    # by construction; later ones pass (the barrier stays open).
+    env = {"EXPFLOW_SIMULATED_GPUS": "4x81920", "EXPFLOW_LEASE_DIR": str(tmp_path / "leases"),
+           "BARRIER_DIR": str(barrier), "BARRIER_MIN": "3", "BARRIER_TIMEOUT": "300"}
+    proc = snakemake(proj, "--cores", "4", "--resources", "gpu=4", env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    pkgs = packages(proj)
+    assert len(pkgs) == 12 and len({p.run_id for p in pkgs}) == 12
+    study = _study(proj)
+    trials = study.get_trials()
+    assert len(trials) == 12
+    assert sorted(p.manifest()["search"]["trial"] for p in pkgs) == list(range(12))
+    # The study's best trial is the best objective among the packages that completed.
+    finals = {p.run_id: last_values(p.scan_records().records)["val/acc"] for p in pkgs if p.status() is Status.COMPLETED}
+    assert study.best_trial.user_attrs["run_id"] == max(finals, key=finals.get)
+    assert study.best_value == pytest.approx(max(finals.values()))
+    # The median pruner stopped at least one trial early: PRUNED, at an epoch before the last,
+    # with its checkpoint and records kept.
+    pruned = [p for p in pkgs if p.status() is Status.PRUNED]
+    assert pruned, [(t.number, t.state.name, t.params) for t in trials]
+    for p in pruned:
+        m = p.manifest()
+        assert m["progress"]["epoch"] < 4 and m["pruned"]["study"] == "lr_width"
+        assert p.checkpoints().list() and last_values(p.scan_records().records)["val/acc"] == pytest.approx(m["pruned"]["value"])
+    assert {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
+    assert sum(t.state.name == "PRUNED" for t in trials) == len(pruned)
+    # Never two trials on one device; three at once (the barrier).
+    spans = [(lease["acquired"], lease["released"], lease["gpus"][0]) for p in pkgs for lease in p.manifest()["leases"]]
+    for device in range(4):
+        mine = sorted((s, e) for s, e, d in spans if d == device)
+        for (_, e1), (s2, _) in zip(mine, mine[1:], strict=False):
+            assert s2 >= e1, f"device {device} ran two trials at once"
+    events = sorted([(s, 1) for s, _, _ in spans] + [(e, -1) for _, e, _ in spans])
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    assert peak == 3
+    # The results: `expflow search` and its page, the report, `expflow status`.
+    out = run_cli("search", "runs", "--json", cwd=proj, env={"PYTHONPATH": str(proj / "src")})
+    assert out.returncode == 0, out.stderr
+    (result,) = json.loads(out.stdout)
+    assert result["best"]["number"] == study.best_trial.number and result["counts"]["PRUNED"] == len(pruned)
+    page = (proj / "runs" / ".search" / "lr_width" / "search.html").read_text()
+    assert "optimization history" in page and 'data-param="optim.lr"' in page
+    status = run_cli("status", "--runs", "runs", cwd=proj, env={"PYTHONPATH": str(proj / "src")})
+    assert f"{len(pruned)} PRUNED" in status.stdout
+    assert (proj / "runs" / "report.html").exists()
+    # Run again: nothing to do.
+    dry = snakemake(proj, "-n", env=env)
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr
+
+
+@pytest.mark.slow
+def test_workflow_search_killed_then_rerun_finishes_the_budget_once(tmp_path):
+    proj = make_project(tmp_path, _search_workflow(8, 2, pruner=None, enqueue=[]))
+    env = {"EXPFLOW_SIMULATED_GPUS": "2x81920", "EXPFLOW_LEASE_DIR": str(tmp_path / "leases")}
+    full_env = dict(os.environ, PYTHONPATH=str(proj / "src"), **env)
+    full_env.pop("CUDA_VISIBLE_DEVICES", None)
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", "--resources", "gpu=2"], cwd=proj,
+                            env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    journal = storage_path(proj / "runs", "lr_width")
+    deadline = time.monotonic() + 300
+    try:
+        # Killed once three trials are told and more are under way: the whole workflow at once.
+        while time.monotonic() < deadline and proc.poll() is None:
+            if journal.exists():
+                states = [t.state.name for t in _study(proj).get_trials()]
+                if states.count("COMPLETE") >= 3 and "RUNNING" in states:
+                    break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the workflow ended before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = _study(proj).get_trials()
+    assert any(t.state.name == "RUNNING" for t in before)
+    # Snakemake's own lock outlives a SIGKILL: --unlock, then the plain command again.
+    assert snakemake(proj, "--unlock", env=env).returncode == 0
+    again = snakemake(proj, "--cores", "2", "--resources", "gpu=2", env=env)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    trials = _study(proj).get_trials()
+    assert len(trials) == 8 and [t.state.name for t in trials] == ["COMPLETE"] * 8
+    run_ids = [t.user_attrs["run_id"] for t in trials]
+    assert len(set(run_ids)) == 8
+    pkgs = packages(proj)
+    assert sorted(p.run_id for p in pkgs) == sorted(run_ids)  # no package without its trial
+    assert all(p.status() is Status.COMPLETED for p in pkgs)
+    # Trials told before the kill kept their values; the ones under way were continued.
+    for t in before:
+        if t.state.name == "COMPLETE":
+            assert trials[t.number].value == t.value
