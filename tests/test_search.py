@@ -20,6 +20,7 @@ from expflow.search.space import parse_space  # noqa: E402
 from expflow.search.study import SearchSpec, journal_storage, storage_path  # noqa: E402
 
 from .conftest import REPO, run_cli  # noqa: E402
+from .test_slurm import slurm  # noqa: E402,F401  (the test cluster fixture)
 from .test_workflow import BARRIER, make_project, packages, snakemake  # noqa: E402
 
 
@@ -288,3 +289,51 @@ def test_workflow_search_killed_then_rerun_finishes_the_budget_once(tmp_path):
     for t in before:
         if t.state.name == "COMPLETE":
             assert trials[t.number].value == t.value
+
+
+@pytest.mark.slow
+def test_search_runs_under_the_slurm_profile(slurm, tmp_path):  # noqa: F811
+    """The same search on the test cluster: each slot is a Slurm job holding one trial's GPU;
+    the slots on their nodes share the study's journal file."""
+    from .test_slurm import run_on_slurm
+
+    wf = _search_workflow(4, 2, pruner=None, enqueue=[])
+    wf["slurm"] = {"partition": "debug", "account": "expflow"}
+    wf["train"] = {"threads": 1, "mem_mb": 1000, "runtime": 10, "retries": 0}
+    proj = make_project(tmp_path, wf)
+    proc = run_on_slurm(proj, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    trials = _study(proj).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    pkgs = packages(proj)
+    assert sorted(p.run_id for p in pkgs) == sorted(t.user_attrs["run_id"] for t in trials)
+    jobs = set()
+    for p in pkgs:
+        m = p.manifest()
+        assert p.status() is Status.COMPLETED
+        (job,) = m["scheduler_jobs"]
+        granted = [int(g) for g in str(job["granted_gpus"]).split(",")]
+        assert len(m["gpus"]) == 1 and m["gpus"][0] in granted
+        jobs.add(job["job_id"])
+    assert 1 <= len(jobs) <= 2  # the trials ran in the two slot jobs
+
+
+def test_hydra_optuna_sweeper_gets_the_objective_one_package_per_trial(tmp_path):
+    """`python -m expflow.train -m hydra/sweeper=optuna`: Hydra's own sweeper plugin drives the
+    trials; train returns the objective (objective=<metric>); each trial is a package."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")  # .ci/run installs it (--no-deps)
+    runs = tmp_path / "runs"
+    proc = run_cli("-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3",
+                   "hydra.sweeper.direction=maximize", "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=0",
+                   "optim.lr=tag(log, interval(1e-4, 1e-1))", "model.hidden=choice([16],[64])", "objective=val/acc",
+                   f"paths.runs={runs}", *SMALL, module="expflow.train", env={"PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    pkgs = [SavePackage.open(p) for p in sorted(runs.iterdir()) if (p / "manifest.json").exists()]
+    assert len(pkgs) == 3 and all(p.status() is Status.COMPLETED for p in pkgs)
+    import yaml
+
+    (results,) = runs.glob(".sweeps/*/optimization_results.yaml")
+    best = yaml.safe_load(results.read_text())["best_value"]
+    assert best == pytest.approx(max(last_values(p.scan_records().records)["val/acc"] for p in pkgs))
+    # The objective names a metric; not a part of the run id (it changes no training).
+    assert all(p.config().objective == "val/acc" for p in pkgs)

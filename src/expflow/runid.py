@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-ID_EXCLUDED_KEYS = ("run_id", "paths", "hydra")
+# ``objective`` only names the metric `python -m expflow.train` returns to a sweeper.
+ID_EXCLUDED_KEYS = ("run_id", "paths", "hydra", "objective")
 
 
 @dataclass(frozen=True)

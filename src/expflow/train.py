@@ -93,17 +93,32 @@ register_help()
 
 
 @hydra.main(version_base="1.3", config_path=_config_path(), config_name="config")
-def main(cfg: DictConfig) -> dict[str, float]:
+def main(cfg: DictConfig) -> dict[str, float] | float:
+    """Train one run; returns its last metrics, or with ``objective=<metric>`` that metric's
+    last value (what a sweeper that optimizes, ``hydra/sweeper=optuna``, takes)."""
     from expflow.launch import train
 
     hc = HydraConfig.get()
     package_dir = os.path.normpath(hc.runtime.output_dir)  # a sweep job's dir is <sweep>/../../<run_id>
     try:
         result = train(cfg, overrides=list(hc.overrides.task), package_dir=package_dir)
+        print(f"package {result.package.path}: {result.status.value}", flush=True)
+        return objective_value(cfg, result.metrics, str(result.package.path))
     except ExpflowError as e:
         _fail(e)
-    print(f"package {result.package.path}: {result.status.value}", flush=True)
-    return result.metrics
+    raise AssertionError("unreachable")
+
+
+def objective_value(cfg: DictConfig, metrics: dict[str, float], where: str) -> dict[str, float] | float:
+    name = cfg.get("objective")
+    if not name:
+        return metrics
+    if name not in metrics:
+        from expflow.errors import ConfigError
+
+        known = ", ".join(sorted(metrics)) or "none"
+        raise ConfigError(f"objective: the run {where} recorded no metric {name!r} (its metrics: {known})")
+    return float(metrics[name])
 
 
 def cli() -> None:

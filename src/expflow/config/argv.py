@@ -73,7 +73,16 @@ def check_argv(argv: Sequence[str]) -> HydraArgs:
     except OverrideParseException as e:
         raise ConfigError(f"bad override: {_first_line(str(e))}") from None
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    params = sweeper_params(compose_config(fixed, return_hydra_config=True, **kw))
+    from omegaconf import OmegaConf
+
+    composed = compose_config(fixed, return_hydra_config=True, **kw)
+    sweeper = str(OmegaConf.select(composed, "hydra.sweeper._target_", default="") or "")
+    if sweeper and not sweeper.endswith(".BasicSweeper"):
+        # An optimizing sweeper (hydra/sweeper=optuna) picks the values itself, as it goes:
+        # the overrides every job shares are checked here, each job's when it is composed.
+        validate_config(compose_config([o for o in fixed if not o.startswith("hydra")], **kw), fixed)
+        return args
+    params = sweeper_params(composed)
     jobs = expand_sweep(args.overrides, params)
     if len(jobs) <= MAX_FULL_CHECKS:
         for job in jobs:

@@ -86,6 +86,9 @@ class ExpflowConfig:
     # What a step does (expflow.runner): a Runner class (``_target_``, with its own
     # parameters), or ``runner=command`` for a whole program; null: the supervised runner.
     runner: Any = None
+    # The metric `python -m expflow.train` returns, for a sweeper that optimizes it
+    # (hydra/sweeper=optuna); it changes no training, so it is not part of the run id.
+    objective: str | None = None
 
 
 # -- schemas of the shipped example options ---------------------------------------
