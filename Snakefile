@@ -4,7 +4,7 @@
 #   snakemake --cores 2 --config sweep="optim.lr=1e-3,3e-3 seed=range(3)"
 from snakemake.utils import min_version
 
-from expflow.workflow import check_config_file, config_errors_exit
+from expflow.workflow import check_config_file, config_errors_exit, record_lock_owner
 
 min_version("8.0")
 
@@ -25,6 +25,11 @@ include: "workflows/rules/report.smk"
 include: "workflows/rules/sync.smk"
 include: "workflows/rules/align.smk"
 include: "workflows/rules/search.smk"
+
+
+onstart:
+    # Who holds Snakemake's lock now (common.smk removes it after a SIGKILL of this process).
+    record_lock_owner()
 
 
 rule all:

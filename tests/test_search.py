@@ -252,7 +252,7 @@ def test_workflow_search_twelve_trials_three_at_once_on_four_gpus(tmp_path):
 
 @pytest.mark.slow
 def test_workflow_search_killed_then_rerun_finishes_the_budget_once(tmp_path):
-    proj = make_project(tmp_path, _search_workflow(8, 2, pruner=None, enqueue=[]))
+    proj = make_project(tmp_path, _search_workflow(6, 2, pruner=None, enqueue=[]))
     env = {"EXPFLOW_SIMULATED_GPUS": "2x81920", "EXPFLOW_LEASE_DIR": str(tmp_path / "leases")}
     full_env = dict(os.environ, PYTHONPATH=str(proj / "src"), **env)
     full_env.pop("CUDA_VISIBLE_DEVICES", None)
@@ -261,12 +261,14 @@ def test_workflow_search_killed_then_rerun_finishes_the_budget_once(tmp_path):
     journal = storage_path(proj / "runs", "lr_width")
     deadline = time.monotonic() + 300
     try:
-        # Killed once three trials are told and more are under way: the whole workflow at once.
+        # Killed once two trials are told and more are under way: the whole workflow at once.
         while time.monotonic() < deadline and proc.poll() is None:
-            if journal.exists():
-                states = [t.state.name for t in _study(proj).get_trials()]
-                if states.count("COMPLETE") >= 3 and "RUNNING" in states:
-                    break
+            try:
+                states = [t.state.name for t in _study(proj).get_trials()] if journal.exists() else []
+            except KeyError:  # the journal is there, the study not yet
+                states = []
+            if states.count("COMPLETE") >= 2 and "RUNNING" in states:
+                break
             time.sleep(0.2)
         assert proc.poll() is None, "the workflow ended before it could be killed"
     finally:
@@ -274,14 +276,15 @@ def test_workflow_search_killed_then_rerun_finishes_the_budget_once(tmp_path):
         proc.wait()
     before = _study(proj).get_trials()
     assert any(t.state.name == "RUNNING" for t in before)
-    # Snakemake's own lock outlives a SIGKILL: --unlock, then the plain command again.
-    assert snakemake(proj, "--unlock", env=env).returncode == 0
+    # The same command again (Snakemake's lock, left by the SIGKILL, is removed: its holder is dead).
+    assert list((proj / ".snakemake" / "locks").iterdir())
     again = snakemake(proj, "--cores", "2", "--resources", "gpu=2", env=env)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "removed the lock of a Snakemake that was killed" in again.stderr
     trials = _study(proj).get_trials()
-    assert len(trials) == 8 and [t.state.name for t in trials] == ["COMPLETE"] * 8
+    assert len(trials) == 6 and [t.state.name for t in trials] == ["COMPLETE"] * 6
     run_ids = [t.user_attrs["run_id"] for t in trials]
-    assert len(set(run_ids)) == 8
+    assert len(set(run_ids)) == 6
     pkgs = packages(proj)
     assert sorted(p.run_id for p in pkgs) == sorted(run_ids)  # no package without its trial
     assert all(p.status() is Status.COMPLETED for p in pkgs)

@@ -204,3 +204,33 @@ def test_a_config_with_extra_search_paths_is_planned_every_time(project_conf, tm
     cache = tmp_path / "plan.json"
     plan_workflow({"sweep": ["seed=1"], "config_dir": str(project_conf)}, cache=cache)
     assert not cache.exists()
+
+
+def test_stale_snakemake_lock_is_removed_only_when_its_holder_died(tmp_path):
+    """Snakemake killed by SIGKILL leaves .snakemake/locks/; the workflow removes it when every
+    recorded holder is a dead process, and never while one lives or when none is recorded."""
+    import json
+    import subprocess
+    import sys
+
+    from expflow.package.status import process_identity
+    from expflow.workflow import clear_stale_lock, record_lock_owner
+
+    locks = tmp_path / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "0.input.lock").write_text("x")
+    owners = tmp_path / "owners.json"
+    assert clear_stale_lock(tmp_path / ".snakemake", owners) is None  # no holder recorded: left for --unlock
+    record_lock_owner(owners)  # this process: alive
+    assert clear_stale_lock(tmp_path / ".snakemake", owners) is None and (locks / "0.input.lock").exists()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    dead = process_identity(child.pid)
+    child.kill()
+    child.wait()
+    owners.write_text(json.dumps([dead]))
+    line = clear_stale_lock(tmp_path / ".snakemake", owners)
+    assert line and f"pid {child.pid}" in line
+    assert not list(locks.iterdir()) and not owners.exists()
+    owners.write_text("{damaged")
+    (locks / "0.input.lock").write_text("x")
+    assert clear_stale_lock(tmp_path / ".snakemake", owners) is None  # unreadable record: the lock stays

@@ -68,6 +68,8 @@ def package_summary(pkg: SavePackage) -> dict[str, Any]:
         "versions": m.get("versions"),
         "origin": m.get("origin"),
         "error": m.get("error"),
+        "search": m.get("search"),  # a search trial's study, trial number and parameters
+        "pruned": m.get("pruned"),  # where the search's pruner stopped it
         "checkpoints": checkpoints,
         "metrics_last": last_values(scan.records),
         "records": {"count": len(scan.records), "problems": [str(p) for p in scan.problems],
@@ -162,6 +164,15 @@ def render_summary(summary: dict[str, Any], pkg: SavePackage, console: Console) 
         console.print(f"[yellow]warning: {escape(warning)}[/]", soft_wrap=True)
     render_history(summary, console)
     render_analyses(summary, console)
+    search = summary.get("search")
+    if isinstance(search, dict):
+        params = " ".join(f"{k}={v}" for k, v in (search.get("params") or {}).items())
+        console.print(f"search: {escape(str(search.get('study')))} trial {search.get('trial')} ({escape(params)})",
+                      highlight=False)
+    pruned = summary.get("pruned")
+    if status == "PRUNED" and isinstance(pruned, dict):
+        console.print(f"[magenta]pruned by its study's pruner at step {pruned.get('step')} "
+                      f"({escape(str(pruned.get('objective')))} = {pruned.get('value')})[/]", highlight=False)
     if status == "CRASHED":
         err = summary.get("error") or {}
         if err:

@@ -109,6 +109,66 @@ def search_settings(config: dict[str, Any]) -> dict[str, Any] | None:
             "spec": json.dumps(spec.to_json(), sort_keys=True)}
 
 
+# -- Snakemake's lock after a SIGKILL ---------------------------------------------------------
+# Snakemake locks the files of the DAG it runs (.snakemake/locks/) and removes the lock when it
+# ends; killed with SIGKILL it cannot, and the next run refuses to start until `--unlock`.
+# The workflow records who holds the lock (the `onstart` handler, which runs once the lock is
+# taken); a later parse removes a lock whose every recorded holder is a dead process of this host.
+LOCK_OWNERS = ".snakemake/expflow/lock_owners.json"
+
+
+def record_lock_owner(path: str | os.PathLike[str] = LOCK_OWNERS) -> None:
+    """In the main Snakemake process, once it holds the lock: add it to the lock's holders
+    (dropping dead ones). Nothing when the file cannot be written (the lock stays Snakemake's)."""
+    from expflow.atomic import atomic_write_json
+    from expflow.package.status import process_alive, process_identity
+
+    owners = [o for o in _read_owners(path) if process_alive(o) is not False]
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, [*owners, process_identity()])
+    except OSError:
+        pass
+
+
+def clear_stale_lock(snakemake_dir: str | os.PathLike[str] = ".snakemake",
+                     owners_path: str | os.PathLike[str] = LOCK_OWNERS) -> str | None:
+    """Remove Snakemake's lock when every process recorded as holding it is dead (this host);
+    returns the line saying so, or None when there is no lock, its holder is alive, elsewhere,
+    or unknown (a lock from before this record: `snakemake --unlock`, as ever)."""
+    from expflow.package.status import process_alive
+
+    locks = Path(snakemake_dir) / "locks"
+    try:
+        files = [f for f in locks.iterdir() if f.is_file()]
+    except OSError:
+        return None
+    owners = _read_owners(owners_path)
+    if not files or not owners or any(process_alive(o) is not False for o in owners):
+        return None
+    for f in files:
+        try:
+            f.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return None
+    try:
+        os.unlink(owners_path)
+    except OSError:
+        pass
+    pids = ", ".join(str(o.get("pid")) for o in owners)
+    return f"expflow: removed the lock of a Snakemake that was killed (pid {pids}); running on"
+
+
+def _read_owners(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return []
+    return [o for o in data if isinstance(o, dict)] if isinstance(data, list) else []
+
+
 # -- the plan cache ------------------------------------------------------------------------
 PLAN_FORMAT = 1
 # The planner's own code: a change to any of these (an editable install, an upgrade) is a

@@ -1,8 +1,10 @@
 # No rules here: config validation, the planned runs, and the input functions.
 import os
 import shlex
+import sys
 
 from expflow.workflow import (
+    clear_stale_lock,
     cluster_resources,
     config_errors_exit,
     plan_workflow,
@@ -12,6 +14,14 @@ from expflow.workflow import (
     validate_workflow_config,
     workflow_settings,
 )
+
+
+# Killed by SIGKILL, Snakemake leaves its lock behind; the workflow removes it when the
+# Snakemake that took it is dead (recorded in onstart, Snakefile), so the same command runs again.
+if not workflow.remote_exec:
+    _unlocked = clear_stale_lock()
+    if _unlocked:
+        print(_unlocked, file=sys.stderr)
 
 
 # A bad key, value or sweep line is one `expflow: error:` line and exit status 1.
