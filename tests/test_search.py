@@ -19,7 +19,7 @@ from expflow.package import SavePackage, Status, last_values  # noqa: E402
 from expflow.search.space import parse_space  # noqa: E402
 from expflow.search.study import SearchSpec, journal_storage, storage_path  # noqa: E402
 
-from .conftest import REPO, run_cli  # noqa: E402
+from .conftest import REPO, assert_one_line_error, run_cli  # noqa: E402
 from .test_slurm import slurm  # noqa: E402,F401  (the test cluster fixture)
 from .test_workflow import BARRIER, make_project, packages, snakemake  # noqa: E402
 
@@ -165,6 +165,28 @@ class KillAfterSave(Lifecycle):
             marker.write_text("killed")
             os.kill(os.getpid(), signal.SIGKILL)
 '''
+
+
+def test_damaged_journal_is_one_line_and_kept(tmp_path):
+    runs = tmp_path / "runs"
+    journal = storage_path(runs, "s")
+    journal.parent.mkdir(parents=True)
+    journal.write_bytes(b'{"op_code": 0, "worker_id": "x", "study_name": "s", "directions": [1]}\n{"op_code": 99}\n')
+    before = journal.read_bytes()
+    cmd = ["search-slot", "--runs", str(runs), "--config-dir", str(REPO / "conf"), "--spec", json.dumps(_spec())]
+    for args in (cmd, ["search", str(runs)]):
+        proc = run_cli(*args)
+        assert_one_line_error(proc, f"{journal}: not a readable Optuna journal of study 's'")
+    assert journal.read_bytes() == before
+
+
+def test_objective_no_run_records_stops_the_slot_with_one_line(tmp_path):
+    runs = tmp_path / "runs"
+    spec = json.dumps(_spec(objective="val/accuracy", n_trials=3))
+    proc = run_cli("search-slot", "--runs", str(runs), "--config-dir", str(REPO / "conf"), "--spec", spec)
+    assert_one_line_error(proc, "search.objective: 'val/accuracy' is not a metric the run", "valid:", "val/acc")
+    (trial,) = optuna.load_study(study_name="s", storage=journal_storage(storage_path(runs, "s"))).get_trials()
+    assert trial.state.name == "FAIL"  # told, and the search stopped there (not 3 failures)
 
 
 # -- the workflow ----------------------------------------------------------------------------

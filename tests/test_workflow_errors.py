@@ -50,8 +50,16 @@ GOOD = yaml.safe_dump(WORKFLOW)
     # no conf/workflow.yaml, or one that is not YAML
     (None, [], ["no workflow config at conf/workflow.yaml"]),
     (GOOD + "common: [a\n", [], ["conf/workflow.yaml: line", "not valid YAML"]),
+    # the search's settings, at DAG-build time (before any slot job)
+    (yaml.safe_dump({**WORKFLOW, "search": {"enabled": True, "params": {"optim.lr": "tag(log, interval(0, 1))"}}}), [],
+     ["search.params.optim.lr: a log scale needs bounds above 0"]),
+    (yaml.safe_dump({**WORKFLOW, "search": {"enabled": True, "params": {"optim.lr": "interval(0, 1)"},
+                                            "pruner": {"_target_": "optuna.pruners.Nope"}}}), [],
+     ["search.pruner: cannot build 'optuna.pruners.Nope'"]),
+    (yaml.safe_dump({**WORKFLOW, "search": {"enabled": True, "direction": "up"}}), [],
+     ["'search.direction'", "'up' is not one of"]),
 ], ids=["cli-bad-key", "bad-value-type", "interval-sweep", "unknown-yaml-key", "bad-yaml-type", "missing-conf",
-        "malformed-yaml"])
+        "malformed-yaml", "search-space", "search-pruner", "search-direction"])
 def test_workflow_config_error_is_one_line(tmp_path, workflow_yaml, args, needles):
     proc = dry_run(tmp_path, workflow_yaml, *args)
     assert_one_line_error(proc, "expflow: error:", *needles)

@@ -95,10 +95,17 @@ def search_settings(config: dict[str, Any]) -> dict[str, Any] | None:
     section = dict(config.get("search") or {})
     if not section.pop("enabled", False):
         return None
-    from expflow.search.study import SearchSpec
+    from expflow.search.cli import require_optuna
+    from expflow.search.space import parse_space
+    from expflow.search.study import SearchSpec, build_pruner, build_sampler
 
     settings = workflow_settings(config)
     spec = SearchSpec.from_config(section, settings["common"])
+    # Every setting is checked here, at DAG-build time: a bad one is one line, before any job.
+    require_optuna()
+    parse_space(spec.params)
+    build_sampler(spec.sampler)
+    build_pruner(spec.pruner)
     gpus = spec.gpus
     if gpus is None:
         from expflow.config import compose_config

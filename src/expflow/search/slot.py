@@ -168,9 +168,15 @@ def run_trial(study: Any, spec: SearchSpec, space: Space, runs_dir: Path, config
     if result.status.value == "PRUNED":
         _tell(study, number, TrialState.PRUNED, None, outcome)
     elif outcome.value is None:
+        recorded = sorted(last_values(pkg.scan_records().records))
         outcome.note = f"the run recorded no value of the objective {spec.objective!r}"
         storage.set_trial_user_attr(trial_id, "error", outcome.note)
         _tell(study, number, TrialState.FAIL, None, outcome)
+        if spec.objective not in recorded:  # not a bad trial: a name no run records (stop the search)
+            from expflow.errors import ConfigError
+
+            raise ConfigError(f"search.objective: {spec.objective!r} is not a metric the run {pkg.path} recorded; "
+                              f"valid: {', '.join(recorded) or 'none recorded'}")
     else:
         _tell(study, number, TrialState.COMPLETE, outcome.value, outcome)
     return outcome

@@ -154,20 +154,28 @@ def build_sampler(spec: dict[str, Any] | None, offset: int = 0) -> Any:
     return _instantiate(spec, "sampler")
 
 
-def open_study(spec: SearchSpec, runs_dir: str | Path, *, sampler_offset: int = 0, create: bool = True) -> Any:
+def open_study(spec: SearchSpec, runs_dir: str | Path, *, sampler_offset: int = 0) -> Any:
     """The search's study (created on first use, with ``search.enqueue``'s trials first)."""
     import optuna
 
+    from expflow.paths import check_writable
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     path = storage_path(runs_dir, spec.name)
+    kwargs = {"pruner": build_pruner(spec.pruner), "sampler": build_sampler(spec.sampler, sampler_offset)}
+    check_writable(path.parent, what="the search's directory")  # one line naming it, before Optuna writes
     path.parent.mkdir(parents=True, exist_ok=True)
-    storage = journal_storage(path)
-    kwargs = {"study_name": spec.name, "storage": storage, "pruner": build_pruner(spec.pruner),
-              "sampler": build_sampler(spec.sampler, sampler_offset)}
-    if not create:
-        return optuna.load_study(**kwargs)
     with claim_lock(runs_dir, spec.name):
-        study = optuna.create_study(direction=spec.direction, load_if_exists=True, **kwargs)
+        try:
+            storage = journal_storage(path)
+            study = optuna.create_study(study_name=spec.name, storage=storage, direction=spec.direction,
+                                        load_if_exists=True, **kwargs)
+        except ConfigError:
+            raise
+        except Exception as e:  # Optuna replaying a damaged or foreign journal (it asserts, too)
+            # Named, and left as it is: it holds the trials so far.
+            raise ConfigError(f"{path}: not a readable Optuna journal of study {spec.name!r} "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
         if study.direction.name.lower() != spec.direction:
             raise ConfigError(f"search.direction: the study {spec.name!r} in {path} was created to "
                               f"{study.direction.name.lower()}; give another search.name for a new study")
