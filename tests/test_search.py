@@ -189,6 +189,44 @@ def test_objective_no_run_records_stops_the_slot_with_one_line(tmp_path):
     assert trial.state.name == "FAIL"  # told, and the search stopped there (not 3 failures)
 
 
+SCORER = """
+import sys, time
+import expflow
+
+lr = float(sys.argv[1])
+for step in range(10**6):  # a good rate ends after 5 steps; a poor one runs until it is stopped
+    expflow.log({"score": lr}, step=step)
+    if lr >= 0.5 and step == 4:
+        break
+    time.sleep(0.05)
+    if step > 2400:
+        sys.exit("never stopped")
+"""
+
+
+def test_command_run_trial_is_pruned_from_the_records_it_writes(tmp_path):
+    """A whole program as a trial (runner=command): the supervisor reports what it records;
+    the pruner's stop ends the program (SIGTERM) and the package is PRUNED."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "score.py").write_text(SCORER)
+    spec = SearchSpec.from_config({
+        "name": "s", "objective": "score", "direction": "max", "n_trials": 2,
+        "params": {"optim.lr": "choice(1.0, 0.001)"}, "enqueue": [{"optim.lr": 1.0}, {"optim.lr": 0.001}],
+        "pruner": {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 1, "n_warmup_steps": 0},
+    }, ["runner=command", "runner.argv=[python,score.py,${optim.lr}]", "runner.ingest_every_s=0.2", "gpu=cpu",
+        "trainer.progress=plain"])
+    proc = run_cli("search-slot", "--runs", "runs", "--config-dir", str(REPO / "conf"), "--spec",
+                   json.dumps(spec.to_json()), cwd=proj, timeout=200)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    first, second = optuna.load_study(study_name="s", storage=journal_storage(storage_path(proj / "runs", "s"))).get_trials()
+    assert (first.state.name, first.value) == ("COMPLETE", 1.0)
+    assert second.state.name == "PRUNED"
+    pkg = SavePackage.open(proj / "runs" / second.user_attrs["run_id"])
+    assert pkg.status() is Status.PRUNED and pkg.manifest()["pruned"]["value"] == 0.001
+    assert last_values(pkg.scan_records().records)["score"] == 0.001  # its records are kept
+
+
 # -- the workflow ----------------------------------------------------------------------------
 def _search_workflow(n_trials: int, parallel: int, **extra) -> dict:
     search = {

@@ -85,7 +85,9 @@ def claim(study: Any, spec: SearchSpec, space: Space, runs_dir: Path,
         if orphaned(t, runs_dir):
             storage.set_trial_user_attr(t._trial_id, "owner", me)
             return t.number, t._trial_id, dict(t.params), True
-    if len(study.get_trials(deepcopy=False)) >= spec.n_trials:
+    # The budget counts trials begun; ask() takes an enqueued (WAITING) trial first.
+    begun = [t for t in study.get_trials(deepcopy=False) if t.state is not TrialState.WAITING]
+    if len(begun) >= spec.n_trials:
         return None
     trial = study.ask(space.distributions)
     storage.set_trial_user_attr(trial._trial_id, "owner", me)

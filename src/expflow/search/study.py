@@ -149,7 +149,11 @@ def build_pruner(spec: dict[str, Any] | None) -> Any:
 def build_sampler(spec: dict[str, Any] | None, offset: int = 0) -> Any:
     """The sampler of ``search.sampler``. A fixed seed is shifted by ``offset``: slots in
     other processes must not draw the same values (each has its own sampler)."""
-    if spec is not None and spec.get("seed") is not None:
+    if spec is None:  # Optuna's default, unseeded
+        import optuna
+
+        return optuna.samplers.TPESampler()
+    if spec.get("seed") is not None:
         return _instantiate({k: v for k, v in spec.items() if k != "seed"}, "sampler", seed=int(spec["seed"]) + offset)
     return _instantiate(spec, "sampler")
 
