@@ -187,6 +187,9 @@ def test_objective_no_run_records_stops_the_slot_with_one_line(tmp_path):
     assert_one_line_error(proc, "search.objective: 'val/accuracy' is not a metric the run", "valid:", "val/acc")
     (trial,) = optuna.load_study(study_name="s", storage=journal_storage(storage_path(runs, "s"))).get_trials()
     assert trial.state.name == "FAIL"  # told, and the search stopped there (not 3 failures)
+    again = run_cli("search-slot", "--runs", str(runs), "--config-dir", str(REPO / "conf"), "--spec", spec)
+    assert_one_line_error(again, "search.objective: 'val/accuracy' is not a metric")  # a retried slot: no new trial
+    assert len(optuna.load_study(study_name="s", storage=journal_storage(storage_path(runs, "s"))).get_trials()) == 1
 
 
 SCORER = """

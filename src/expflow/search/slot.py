@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from expflow.errors import ExpflowError
+from expflow.errors import ConfigError, ExpflowError
 from expflow.search.space import Space, parse_space
 from expflow.search.study import SearchSpec, claim_lock, open_study, storage_path
 from expflow.search.trial import TRIAL_ENV
@@ -81,6 +81,9 @@ def claim(study: Any, spec: SearchSpec, space: Space, runs_dir: Path,
     from optuna.trial import TrialState
 
     storage = study._storage
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if t.user_attrs.get("config_error"):  # a setting no trial can meet: a retried slot stops here too
+            raise ConfigError(str(t.user_attrs["config_error"]))
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if orphaned(t, runs_dir):
             storage.set_trial_user_attr(t._trial_id, "owner", me)
@@ -173,12 +176,14 @@ def run_trial(study: Any, spec: SearchSpec, space: Space, runs_dir: Path, config
         recorded = sorted(last_values(pkg.scan_records().records))
         outcome.note = f"the run recorded no value of the objective {spec.objective!r}"
         storage.set_trial_user_attr(trial_id, "error", outcome.note)
-        _tell(study, number, TrialState.FAIL, None, outcome)
+        line = None
         if spec.objective not in recorded:  # not a bad trial: a name no run records (stop the search)
-            from expflow.errors import ConfigError
-
-            raise ConfigError(f"search.objective: {spec.objective!r} is not a metric the run {pkg.path} recorded; "
-                              f"valid: {', '.join(recorded) or 'none recorded'}")
+            line = (f"search.objective: {spec.objective!r} is not a metric the run {pkg.path} recorded; "
+                    f"valid: {', '.join(recorded) or 'none recorded'}")
+            storage.set_trial_user_attr(trial_id, "config_error", line)
+        _tell(study, number, TrialState.FAIL, None, outcome)
+        if line:
+            raise ConfigError(line)
     else:
         _tell(study, number, TrialState.COMPLETE, outcome.value, outcome)
     return outcome
