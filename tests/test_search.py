@@ -21,7 +21,7 @@ from expflow.search.study import SearchSpec, journal_storage, storage_path  # no
 
 from .conftest import REPO, assert_one_line_error, run_cli  # noqa: E402
 from .test_slurm import slurm  # noqa: E402,F401  (the test cluster fixture)
-from .test_workflow import BARRIER, make_project, packages, snakemake  # noqa: E402
+from .test_workflow import BARRIER, CRASHY, make_project, packages, snakemake  # noqa: E402
 
 
 # -- the space, from Hydra's sweep syntax --------------------------------------------------
@@ -125,11 +125,12 @@ def test_trial_of_a_dead_slot_is_continued_from_its_package(tmp_path):
     """A slot killed in the middle of a trial: the next slot continues that trial (same
     trial number, same package, from its checkpoint), and the budget stays exact."""
     runs = tmp_path / "runs"
-    spec = _spec(n_trials=2, overrides=["trainer.max_epochs=6", "lifecycle._target_=killer.KillAfterSave"])
+    # CrashOnce SIGKILLs its process (the slot: trials train in it) after the epoch-2 checkpoint, once.
+    spec = _spec(n_trials=2, overrides=["trainer.max_epochs=6", "lifecycle._target_=crashy.CrashOnce"])
     src = tmp_path / "src"
     src.mkdir()
-    (src / "killer.py").write_text(KILLER)
-    env = dict(os.environ, PYTHONPATH=f"{REPO / 'src'}:{src}", KILL_MARKER=str(tmp_path / "killed"))
+    (src / "crashy.py").write_text(CRASHY)
+    env = dict(os.environ, PYTHONPATH=f"{REPO / 'src'}:{src}", CRASH_MARKER=str(tmp_path / "killed"))
     cmd = [sys.executable, "-m", "expflow", "search-slot", "--runs", str(runs), "--config-dir", str(REPO / "conf"),
            "--spec", json.dumps(spec)]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -148,23 +149,7 @@ def test_trial_of_a_dead_slot_is_continued_from_its_package(tmp_path):
     assert pkg.manifest()["progress"]["epoch"] == 6
 
 
-KILLER = '''
-import os
-import signal
-from pathlib import Path
 
-from expflow.lifecycle import Lifecycle
-
-
-class KillAfterSave(Lifecycle):
-    """SIGKILLs its process (the slot: trials train in it) after the epoch-2 checkpoint, once."""
-
-    def after_save(self, state):
-        marker = Path(os.environ["KILL_MARKER"])
-        if state.epoch == 2 and not marker.exists():
-            marker.write_text("killed")
-            os.kill(os.getpid(), signal.SIGKILL)
-'''
 
 
 def test_damaged_journal_is_one_line_and_kept(tmp_path):
