@@ -102,3 +102,18 @@ def hold_one_gpu(env: dict) -> subprocess.Popen:
         holder.wait()
         pytest.fail("the GPU holder did not get its lease")
     return holder
+
+
+def lease_peak(spans: list[tuple[float, float, int]], devices: int = 4) -> int:
+    """The most leases held at once among ``spans`` (acquired, released, device), after
+    checking that no device was held by two at once."""
+    for device in range(devices):
+        mine = sorted((s, e) for s, e, d in spans if d == device)
+        for (_, e1), (s2, _) in zip(mine, mine[1:], strict=False):
+            assert s2 >= e1, f"device {device} held by two jobs at once"
+    events = sorted([(s, 1) for s, _, _ in spans] + [(e, -1) for _, e, _ in spans])  # an end sorts first
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    return peak

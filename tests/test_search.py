@@ -19,7 +19,7 @@ from expflow.package import SavePackage, Status, last_values  # noqa: E402
 from expflow.search.space import parse_space  # noqa: E402
 from expflow.search.study import SearchSpec, journal_storage, storage_path  # noqa: E402
 
-from .conftest import REPO, assert_one_line_error, run_cli  # noqa: E402
+from .conftest import REPO, assert_one_line_error, lease_peak, run_cli  # noqa: E402
 from .test_slurm import slurm  # noqa: E402,F401  (the test cluster fixture)
 from .test_workflow import BARRIER, CRASHY, make_project, packages, snakemake  # noqa: E402
 
@@ -273,16 +273,7 @@ def test_workflow_search_twelve_trials_three_at_once_on_four_gpus(tmp_path):
     assert sum(t.state.name == "PRUNED" for t in trials) == len(pruned)
     # Never two trials on one device; three at once (the barrier).
     spans = [(lease["acquired"], lease["released"], lease["gpus"][0]) for p in pkgs for lease in p.manifest()["leases"]]
-    for device in range(4):
-        mine = sorted((s, e) for s, e, d in spans if d == device)
-        for (_, e1), (s2, _) in zip(mine, mine[1:], strict=False):
-            assert s2 >= e1, f"device {device} ran two trials at once"
-    events = sorted([(s, 1) for s, _, _ in spans] + [(e, -1) for _, e, _ in spans])
-    running = peak = 0
-    for _, delta in events:
-        running += delta
-        peak = max(peak, running)
-    assert peak == 3
+    assert lease_peak(spans) == 3
     # The results: `expflow search` and its page, the report, `expflow status`.
     out = run_cli("search", "runs", "--json", cwd=proj, env={"PYTHONPATH": str(proj / "src")})
     assert out.returncode == 0, out.stderr

@@ -14,7 +14,7 @@ import pytest
 
 from expflow.package import SavePackage, Status, effective_metrics
 
-from .conftest import REPO, run_cli
+from .conftest import REPO, lease_peak, run_cli
 from .test_workflow import CRASHY, make_project
 
 pytestmark = pytest.mark.slow
@@ -108,16 +108,7 @@ def test_sweep_runs_on_slurm_with_granted_gpus_two_runs_per_allocation(slurm, tm
         (lease,) = m["leases"]
         spans.append((lease["acquired"], lease["released"], m["gpus"][0]))
     assert sorted(allocations.values()) == [2, 2, 2], allocations  # three allocations of two runs
-    events = sorted([(s, 1) for s, _, _ in spans] + [(e, -1) for _, e, _ in spans])
-    running = peak = 0
-    for _, delta in events:
-        running += delta
-        peak = max(peak, running)
-    assert peak >= 2, "runs trained one at a time; each allocation holds two"
-    for device in range(4):
-        mine = sorted((s, e) for s, e, d in spans if d == device)
-        for (_, e1), (s2, _) in zip(mine, mine[1:], strict=False):
-            assert s2 >= e1, f"device {device} held by two runs at once"
+    assert lease_peak(spans) >= 2, "runs trained one at a time; each allocation holds two"
     # The same workflow config, locally: nothing to do.
     dry = subprocess.run([sys.executable, "-m", "snakemake", "-n"], cwd=proj, capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=str(proj / "src")))

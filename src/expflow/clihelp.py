@@ -164,8 +164,9 @@ COMMAND_HELP: dict[str, tuple[str, str]] = {
         config and the study journal in <runs>/.search/<name>/. Each trial asked of the study
         becomes a save-package <runs>/<run_id>/ (the id of its composed config), trained on
         GPUs leased like any train job, its objective reported as it is recorded (the pruner
-        may stop it: PRUNED) and told to the study. A trial whose slot died is continued from
-        its package. The workflow runs search.parallel of these; one by hand is the same.
+        may stop it: PRUNED) and told to the study. Writes the packages and the study's
+        journal. A trial whose slot died is continued from its package. The workflow runs
+        search.parallel of these; one by hand is the same.
 
         Examples:
           expflow search-slot --runs runs --slot 0 --spec '{"name": "s", "objective": "val/acc", "direction": "max", "params": {"optim.lr": "tag(log, interval(1e-4, 1e-1))"}, "n_trials": 4}'""",

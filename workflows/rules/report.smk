@@ -8,7 +8,7 @@ rule report:
     input:
         trained=expand(rules.train.output.done, run=sorted(RUNS)),
         analyses=analysis_targets(sorted(RUNS)),
-        search=SEARCH_SLOTS,  # the search's trials are packages of the runs directory too
+        search=SEARCH_SLOTS,  # the trials of a search are packages of the runs directory too
     output:
         html=REPORT_HTML,
     log:
@@ -16,7 +16,7 @@ rule report:
     benchmark:
         f"{WORKFLOW_DIR}/benchmarks/report.tsv"
     params:
-        runs=RUNS_DIR,
+        runs=lambda wildcards: RUNS_DIR,  # a function: the packages are read, not a prefix of a file
     resources:
         mem_mb=1000,
         runtime=10,

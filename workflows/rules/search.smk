@@ -24,7 +24,7 @@ if SEARCH:
             "../envs/expflow.yaml"
         shell:
             f'expflow search-slot --runs "{RUNS_DIR}" --config-dir {{params.config_dir}} --slot {{wildcards.slot}} '
-            f"--spec {{params.spec}} >> {{log}} 2>&1" + on_failure("search_slot") + "; touch {output.done}"
+            f"--spec {{params.spec}} >> {{log}} 2>&1{on_failure('search_slot')}; touch {{output.done}}"
 
     localrules:
         search_results,
@@ -41,4 +41,4 @@ if SEARCH:
             "../envs/expflow.yaml"
         shell:
             f'expflow search "{RUNS_DIR}" --name {SEARCH["name"]} --html {{output.html}} > {{log}} 2>&1'
-            + on_failure("search_results")
+            f"{on_failure('search_results')}"
