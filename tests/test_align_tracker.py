@@ -74,3 +74,41 @@ def test_disabled_target_writes_no_experiment(tmp_path):
     result = run_alignment(load_spec(csv_spec(tmp_path, "disabled")), tmp_path / "out", plots=False)
     assert result.tracker == {} and not (tmp_path / "out" / "swanlab").exists()
     assert result.table["value"].tolist() == [2.0, 1.0, 0.5]
+
+
+def _logged(tmp_path: Path, name: str, steps: list[dict], cached: bool) -> list[tuple[str, int, float]]:
+    """The scalar records of an offline run that logged ``steps`` (swanlab 0.10's own run.log)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import contextlib, json, os, sys
+import swanlab
+from expflow.sync.swanlab_sdk import scalar_key_cache
+steps = json.loads(sys.argv[1])
+with (scalar_key_cache() if {cached!r} else contextlib.nullcontext()):
+    run = swanlab.init(mode="offline", log_dir=sys.argv[2], project="p", name="n", id="abcdefghijklmnop")
+    for i, values in enumerate(steps):
+        run.log(values, step=i)
+    swanlab.finish()
+"""
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(steps), str(tmp_path / name)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    from expflow.sync.swanlab_sdk import RecordFile
+
+    (run_file,) = (tmp_path / name).glob("run-*/run-*.swanlab")
+    return [(r.scalar.key, r.scalar.step, r.scalar.value.number) for r in RecordFile(run_file)
+            if r.WhichOneof("record_type") == "scalar"]
+
+
+def test_scalar_key_cache_logs_what_swanlab_logs(tmp_path):
+    """The align experiments validate a key once: the records equal swanlab's own, keys that
+    swanlab trims or drops included, and values it handles its own way (ints, nested dicts)."""
+    steps = [{"loss": 1.5, "/lead/": 0.5, "a/b": 2.0},
+             {"loss": 1.25, "/lead/": 0.25, "a/b": 3.0, "int": 4},
+             {"loss": 1.0, "nested": {"x": 1.0}, "///": 7.0}]
+    plain = _logged(tmp_path, "plain", steps, cached=False)
+    cached = _logged(tmp_path, "cached", steps, cached=True)
+    assert cached == plain
+    assert ("lead", 0, 0.5) in plain and ("nested/x", 2, 1.0) in plain and not any(k == "///" for k, _, _ in plain)

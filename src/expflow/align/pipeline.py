@@ -111,7 +111,7 @@ def run_alignment(
             result.checks.append(check)
             runs.append((fw, suffix, inst, check))
     loaded = _load_all([(c.label, inst, fw.cache_file if suffix is None else None) for fw, suffix, inst, c in runs],
-                       cache, console)
+                       cache, console, meanwhile=lambda: _preload(plots=plots, tracker=tracker))
 
     for fw, suffix, _inst, check in runs:
         label = check.label
@@ -177,11 +177,13 @@ def _one_line(e: BaseException) -> str:
 
 
 def _load_all(
-    items: list[tuple[str, Source, str | None]], cache: SourceCache, console: Console
+    items: list[tuple[str, Source, str | None]], cache: SourceCache, console: Console,
+    meanwhile: Any = None,
 ) -> dict[str, tuple[Any, bool] | str]:
     """label -> (its points, from the cache?) or its one-line error. Unchanged sources come
     from the cache; the others are read, several at once in worker processes where there
-    are CPUs for them (parsing is CPU-bound Python), and stored."""
+    are CPUs for them (parsing is CPU-bound Python), and stored. ``meanwhile``: work for
+    this process while the workers read (once they are forked)."""
     out: dict[str, tuple[Any, bool] | str] = {}
     misses: list[tuple[str, Source, str | None, str, str]] = []
     for label, source, file in items:
@@ -210,7 +212,10 @@ def _load_all(
 
         console.print(f"reading {what} in {workers} processes", highlight=False, markup=False)
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            reads = list(pool.map(_read, [source for _, source, *_ in misses]))
+            futures = [pool.submit(_read, source) for _, source, *_ in misses]
+            if meanwhile is not None:  # every worker is forked by now: nothing forks while it runs
+                meanwhile()
+            reads = [f.result() for f in futures]
     for (label, _source, file, identity, fingerprint), (raw, secs) in zip(misses, reads, strict=True):
         if isinstance(raw, str):
             out[label] = raw
@@ -223,6 +228,20 @@ def _load_all(
             continue
         out[label] = (raw, False)
     return out
+
+
+def _preload(*, plots: bool, tracker: bool) -> None:
+    """Import what the plot and experiment workers need (matplotlib, swanlab: ~1.3 s) in this
+    process while it waits for the readers: the workers are forked from it later and find
+    them loaded, instead of each importing them again."""
+    if plots:
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.figure  # noqa: F401
+    if tracker:
+        try:
+            import swanlab  # noqa: F401
+        except ImportError:  # said where the experiments are written
+            pass
 
 
 def _read(source: Source) -> tuple[Any, float]:

@@ -37,7 +37,7 @@ def plot_name(metric: str, taken: set[str]) -> str:
     return f"{name}.png"
 
 
-STYLE = "expflow.align.plot/2"  # part of every plot's digest: a new style redraws them
+STYLE = "expflow.align.plot/3"  # part of every plot's digest: a new style redraws them
 INDEX = "index.json"
 WORKERS = 4  # processes drawing plots at most (and never more than the CPUs)
 PARALLEL_FROM = 12  # fewer plots to draw than this: drawn in this process
@@ -112,7 +112,8 @@ class _Plotter:
             ax.set_ylim(0, 1)
         ax.set_title(metric)
         out = BytesIO()
-        self.canvas.print_png(out)
+        # zlib level 1: a quarter of the encoding time of the default 6, files ~9% larger
+        self.canvas.print_png(out, pil_kwargs={"compress_level": 1})
         return out.getvalue()
 
 

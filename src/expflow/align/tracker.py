@@ -163,7 +163,10 @@ def _log_experiment(table: pd.DataFrame, target: Any, name: str, exp_id: str, lo
     steps = wide.index.to_numpy(np.int64)
     columns = [str(c) for c in wide.columns]
     values = wide.to_numpy(np.float64)
-    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+    from expflow.sync.swanlab_sdk import scalar_key_cache
+
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet), \
+            scalar_key_cache():
         run = swanlab.init(
             mode=mode,
             log_dir=str(log_dir),

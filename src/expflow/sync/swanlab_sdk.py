@@ -276,3 +276,41 @@ def upload_run(run_dir: Path, *, api_key: str, api_host: str, web_host: str | No
                             (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""))
     del output
     return f"{settings.web_host}{flushed.path}" if flushed.path else settings.web_host
+
+
+@contextlib.contextmanager
+def scalar_key_cache() -> Iterator[None]:
+    """Within it, ``run.log`` of a flat dict of floats validates each metric key once, not at
+    every step. swanlab 0.10's ``run.log`` flattens and validates every key of every call
+    (pydantic, typing checks: ~2.5 ms for 60 keys, most of a long experiment's writing).
+    Nested dicts, other values and the first sight of a key take swanlab's own path
+    (``fmt.flatten_dict``), so a key is cleaned, dropped or warned about exactly as swanlab
+    does; only the repeat is skipped. Restored on exit (this process only)."""
+    try:
+        from swanlab.sdk.internal.run import fmt
+    except ImportError:  # another layout (not the pinned version): swanlab as it is
+        yield
+        return
+    original = fmt.flatten_dict
+    safe_keys: dict[str, str | None] = {}  # key -> swanlab's cleaned key (None: dropped)
+
+    def flatten_dict(d: Any, parent_key: str = "", parent_dict: Any = None) -> dict[str, Any]:
+        if parent_key or parent_dict is not None or type(d) is not dict:
+            return original(d, parent_key, parent_dict)
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            if type(k) is not str or type(v) is not float:
+                return original(d, parent_key, parent_dict)
+            if k not in safe_keys:
+                cleaned = original({k: v})
+                safe_keys[k] = next(iter(cleaned)) if cleaned else None
+            safe = safe_keys[k]
+            if safe is not None:
+                out[safe] = v
+        return out
+
+    fmt.flatten_dict = flatten_dict
+    try:
+        yield
+    finally:
+        fmt.flatten_dict = original
