@@ -379,3 +379,16 @@ def test_hydra_optuna_sweeper_gets_the_objective_one_package_per_trial(tmp_path)
     assert best == pytest.approx(max(last_values(p.scan_records().records)["val/acc"] for p in pkgs))
     # The objective names a metric; not a part of the run id (it changes no training).
     assert all(p.config().objective == "val/acc" for p in pkgs)
+
+
+def test_unreachable_study_warns_once_and_the_run_trains_on(tmp_path, capsys):
+    """A trial whose study cannot be reached (its journal gone, a broken storage): the run is
+    not stopped by it; one warning, and no pruning from then on."""
+    from expflow.search.trial import TrialReport
+
+    report = TrialReport({"storage": str(tmp_path / "missing" / "study.journal"), "study": "s", "trial_id": 0,
+                          "objective": "val/acc", "pruner": None})
+    assert report.observe({"val/acc": 0.5}, 1) is False
+    assert report.observe({"val/acc": 0.4}, 2) is False
+    err = capsys.readouterr().err
+    assert err.count("expflow: warning: search study 's'") == 1 and "no longer pruned" in err

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -75,7 +76,7 @@ def register_help() -> None:
     ConfigStore.instance().store(group="hydra/help", name="expflow", node={"template": HELP_TEMPLATE})
 
 
-def _fail(error: ExpflowError) -> None:
+def _fail(error: ExpflowError) -> NoReturn:
     sys.exit(error.report())
 
 
@@ -106,7 +107,6 @@ def main(cfg: DictConfig) -> dict[str, float] | float:
         return objective_value(cfg, result.metrics, str(result.package.path))
     except ExpflowError as e:
         _fail(e)
-    raise AssertionError("unreachable")
 
 
 def objective_value(cfg: DictConfig, metrics: dict[str, float], where: str) -> dict[str, float] | float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,6 @@ class SearchSpec:
     pruner: dict[str, Any] | None = None
     enqueue: tuple[dict[str, Any], ...] = ()
     gpus: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, section: dict[str, Any], common: list[str] | tuple[str, ...] = ()) -> SearchSpec:

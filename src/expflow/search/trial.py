@@ -28,6 +28,7 @@ class TrialReport:
         self.pruned = False
         self.pruned_at: int | None = None
         self.last: float | None = None
+        self.unreachable = False
         self._trial: Any = None
 
     @classmethod
@@ -48,7 +49,7 @@ class TrialReport:
 
     def observe(self, values: dict[str, Any], step: int) -> bool:
         """Report the objective if ``values`` has it; True once the trial is to stop."""
-        if self.pruned or self.objective not in values:
+        if self.pruned or self.unreachable or self.objective not in values:
             return self.pruned
         try:
             value = float(values[self.objective])
@@ -57,12 +58,20 @@ class TrialReport:
         if not math.isfinite(value):
             return False
         self.last = value
-        trial = self._open()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a step reported again after a continue: Optuna keeps the first
-            trial.report(value, int(step))
-            if trial.should_prune():
-                self.pruned, self.pruned_at = True, int(step)
+        try:
+            trial = self._open()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a step reported again after a continue: Optuna keeps the first
+                trial.report(value, int(step))
+                if trial.should_prune():
+                    self.pruned, self.pruned_at = True, int(step)
+        except Exception as e:  # the study unreachable or damaged: the run trains on, unpruned
+            import sys
+
+            print(f"expflow: warning: search study {self.info['study']!r} ({self.info['storage']}): cannot report "
+                  f"{self.objective} ({type(e).__name__}: {e}); this run is no longer pruned", file=sys.stderr,
+                  flush=True)
+            self.unreachable = True  # one warning; nothing more is tried
         return self.pruned
 
     def record(self) -> dict[str, Any]:
