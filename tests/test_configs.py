@@ -113,6 +113,9 @@ def test_command_line_sweep_replaces_declared_values():
         (["trainer.nope=1"], ["'trainer.nope'", "max_epochs"]),
         (["nope=1"], ["'nope'", "trainer"]),
         (["optim.scheduler_interval=hourly"], ["optim.scheduler_interval", "epoch, step"]),
+        (["trainer.progress=fancy"], ["trainer.progress", "'fancy'", "auto, rich, plain, none"]),
+        (["trainer.device=tpu"], ["trainer.device", "'tpu'", "auto, cpu, cuda"]),
+        (["tracker=swanlab", "tracker.mode=online"], ["tracker.mode", "SwanLab mode", "cloud, local, offline"]),
         (["trainer.max_epochs=0"], ["trainer.max_epochs", ">= 1"]),
         (["+freq=nope"], ["'nope'", "lr_sweep"]),
         (["trainer.max_epochs=[1"], ["bad override"]),
@@ -128,6 +131,14 @@ def test_bad_config_is_a_config_error_naming_the_key(compose, override, needles)
     msg = info.value.one_line()
     for n in needles:
         assert n in msg, msg
+
+
+def test_choices_are_plain_strings_in_the_written_config(compose):
+    """Enum fields read and write as the strings a user typed (config.yaml, run ids)."""
+    cfg = compose(["trainer.device=cpu", "optim.scheduler_interval=step"])
+    text = OmegaConf.to_yaml(cfg)
+    assert "device: cpu" in text and "scheduler_interval: step" in text and "!!" not in text
+    assert cfg.trainer.device == "cpu" and f"{cfg.trainer.progress}" == "auto"
 
 
 @pytest.mark.slow

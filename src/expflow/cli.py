@@ -83,7 +83,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
     overrides = [*args.overrides, f"paths.runs={args.runs}"]
     cfg = compose_config(overrides, config_dir=args.config_dir)
-    actual = config_id(OmegaConf.to_container(cfg, resolve=False))  # type: ignore[arg-type]
+    actual = config_id(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))  # type: ignore[arg-type]
     if args.run_id and actual != args.run_id:
         raise PackageError(
             f"run {args.run_id}: the config composed now has id {actual}; the config files changed "
@@ -159,7 +159,7 @@ def config_lease_request(pkg: SavePackage) -> dict | None:
     from expflow.package.manifest import lease_request_of
 
     try:
-        gpu = OmegaConf.to_container(pkg.config().gpu, resolve=True)
+        gpu = OmegaConf.to_container(pkg.config().gpu, resolve=True, enum_to_str=True)
     except Exception:  # a damaged config: run_package reports it, the usual way
         return None
     return lease_request_of({"gpu": gpu})

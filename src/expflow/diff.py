@@ -54,7 +54,7 @@ def config_changes(pa: SavePackage, pb: SavePackage, overridden: set[str] = froz
 
     flat = []
     for pkg in (pa, pb):
-        cfg = OmegaConf.to_container(pkg.config(), resolve=False)
+        cfg = OmegaConf.to_container(pkg.config(), resolve=False, enum_to_str=True)
         f = _flatten(cfg)
         for key in IGNORED_CONFIG_KEYS:
             f.pop(key, None)

@@ -68,7 +68,7 @@ class Loop:
         # Rank 0 only (a NullTracker elsewhere); a failing tracker never stops training.
         self.tracker = build_tracker(cfg.tracker, is_main=env.is_main, run_dir=pkg.tracker_dir, run_id=pkg.run_id)
         if env.is_main:
-            self.tracker.log_config(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+            self.tracker.log_config(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))  # type: ignore[arg-type]
         self.steps_per_epoch = _length(self.runner.train_data(0))
         total = self.steps_per_epoch * self.state.max_epochs if self.steps_per_epoch is not None else 0
         self.reporter = ProgressReporter(str(cfg.trainer.progress), logs, total, pkg.path.name, enabled=env.is_main)
@@ -127,7 +127,7 @@ class Loop:
                 "step": self.state.step,
                 "epoch": self.state.epoch,
                 "metrics": dict(self.state.metrics),
-                "config": OmegaConf.to_container(self.cfg, resolve=True),
+                "config": OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True),
             }
             self.pkg.checkpoints().save(state, step=self.state.step, epoch=self.state.epoch, hold=hold)
         distributed.barrier()

@@ -34,7 +34,7 @@ from expflow.runid import RunSpec, config_id, number_at
 def composed_id(overrides: Sequence[str], config_dir: str | os.PathLike[str] | None = None) -> str:
     """The id a full composition gives (what the package rule checks against the plan)."""
     cfg = compose_config(list(overrides), config_dir=config_dir)
-    return config_id(OmegaConf.to_container(cfg, resolve=False))  # type: ignore[arg-type]
+    return config_id(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))  # type: ignore[arg-type]
 
 
 def _with_path(node: Any, path: list[str], value: Any, delete: bool) -> Any:
@@ -105,7 +105,7 @@ class Planner:
         if found is None:
             cfg = composed if composed is not None else compose_config(list(groups), config_dir=self.config_dir)
             validate_config(cfg)
-            found = (cfg, OmegaConf.to_container(cfg, resolve=False))  # type: ignore[assignment]
+            found = (cfg, OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))  # type: ignore[assignment]
             self._bases[groups] = found  # type: ignore[assignment]
         return found  # type: ignore[return-value]
 
@@ -143,7 +143,7 @@ class Planner:
                     OmegaConf.update(typed, o.key_or_group, o.value(), merge=False)
                 validate_config(typed)
                 node = OmegaConf.select(typed, o.key_or_group)
-                plain = OmegaConf.to_container(node, resolve=False) if OmegaConf.is_config(node) else node
+                plain = OmegaConf.to_container(node, resolve=False, enum_to_str=True) if OmegaConf.is_config(node) else node
                 found = (path, plain, False)
         except OmegaConfBaseException as e:
             msg = str(getattr(e, "msg", None) or e).splitlines()[0]
@@ -203,7 +203,7 @@ class Planner:
         cfg = compose_config([t for t in fixed if t in groups or t in hydra_values], config_dir=self.config_dir,
                              return_hydra_config=True)
         raw = OmegaConf.select(cfg, "hydra.sweeper.params", default=None)
-        if raw is not None and "${" in json.dumps(OmegaConf.to_container(raw, resolve=False), default=str):
+        if raw is not None and "${" in json.dumps(OmegaConf.to_container(raw, resolve=False, enum_to_str=True), default=str):
             found = sweeper_params(compose_config(list(fixed), config_dir=self.config_dir, return_hydra_config=True))
         else:
             found = sweeper_params(cfg)

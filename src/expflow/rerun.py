@@ -74,7 +74,7 @@ def rerun(path: str | Path, *, ignore: Sequence[str] = (), console: Console | No
     config.run_id = new_id
     from omegaconf import OmegaConf
 
-    container = OmegaConf.to_container(config, resolve=True)
+    container = OmegaConf.to_container(config, resolve=True, enum_to_str=True)
     m = original.manifest()
     hydra_files = {}
     if original.hydra_dir.is_dir():

@@ -101,7 +101,7 @@ def run_analyses(
     if checkpoint is not None:
         pkg.checkpoints().find(checkpoint)  # a missing step fails here, in one line
     node = OmegaConf.select(cfg, "gpu", default=None)
-    gpu: dict[str, Any] = OmegaConf.to_container(node) if node is not None else {}  # type: ignore[assignment]
+    gpu: dict[str, Any] = OmegaConf.to_container(node, enum_to_str=True) if node is not None else {}  # type: ignore[assignment]
     count = min(int(gpu.get("count", 0)), 1) if gpus is None else int(gpus)
     env = dict(os.environ, MPLBACKEND="Agg")
     many = True

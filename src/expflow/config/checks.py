@@ -101,7 +101,7 @@ def _plain(cfg: DictConfig, resolve: bool, hydra: bool = False, only: str | None
             continue
         node = cfg._get_node(k)
         if isinstance(node, (DictConfig, ListConfig)):
-            yield str(k), OmegaConf.to_container(node, resolve=resolve, throw_on_missing=False)
+            yield str(k), OmegaConf.to_container(node, resolve=resolve, throw_on_missing=False, enum_to_str=True)
         else:
             yield str(k), cfg[k] if resolve else node._value()
 

@@ -20,7 +20,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from expflow.config import placeholders
 from expflow.config.checks import check_credentials, check_known_keys, check_numbers, short
-from expflow.config.schema import CHOICES, register_configs
+from expflow.config.choices import describe_invalid
+from expflow.config.schema import register_configs
 from expflow.errors import ConfigError
 
 CONFIG_NAME = "config"
@@ -124,8 +125,7 @@ def expand_sweep(overrides: Sequence[str], params: dict[str, str] | None = None)
 # -- validation ------------------------------------------------------------------
 def validate_config(cfg: DictConfig, overrides: Sequence[str] = (), only: str | None = None) -> None:
     """Checks no schema type can express (see :mod:`expflow.config.checks`): no
-    credentials, no key a schema lacks, finite numbers in range, fixed choices, the
-    tracker's settings, and a code snapshot that would take no credentials.
+    credentials, no key a schema lacks, finite numbers in range, the tracker's settings, and a code snapshot that would take no credentials.
 
     ``only``: check the subtree of that top-level key alone (the workflow's planner, for a
     value override of a config it checked whole; the package job checks the whole config).
@@ -133,12 +133,6 @@ def validate_config(cfg: DictConfig, overrides: Sequence[str] = (), only: str | 
     check_credentials(cfg, only)
     check_known_keys(cfg, overrides, only)
     check_numbers(cfg, overrides, only)
-    for key, valid in CHOICES.items():
-        if only is not None and key.split(".", 1)[0] != only:
-            continue
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is not None and value not in valid:
-            raise ConfigError(f"{key}: {value!r} is not valid; valid: {', '.join(valid)}")
     from expflow.tracking.validate import check_tracker_config
 
     if only in (None, "tracker"):
@@ -157,8 +151,8 @@ def check_code_sources(cfg: DictConfig) -> None:
     from expflow.package.codestore import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, check_sources
 
     try:
-        code = OmegaConf.to_container(cfg.code, resolve=True)
-        paths = OmegaConf.to_container(cfg.paths, resolve=True)
+        code = OmegaConf.to_container(cfg.code, resolve=True, enum_to_str=True)
+        paths = OmegaConf.to_container(cfg.paths, resolve=True, enum_to_str=True)
     except Exception:  # no code node, or one that cannot resolve here: the snapshot checks
         return
     if not isinstance(code, dict) or not isinstance(paths, dict):
@@ -221,6 +215,9 @@ def explain(exc: BaseException, directory: Path, overrides: Sequence[str] = ()) 
     for e in _chain(exc):
         if isinstance(e, OmegaConfBaseException) and getattr(e, "full_key", None):
             key = str(e.full_key)
+            choice = getattr(getattr(e, "child_node", None), "enum_type", None)
+            if choice is not None:  # a value outside an enum field's choices
+                return f"{key}: {describe_invalid(choice, getattr(e, 'value', None))}{_override_where(key, overrides)}"
             msg = _first_line(getattr(e, "msg", None) or str(e))
             if "not in" in msg or "Key '" in msg and "not" in msg:
                 parent = key.rpartition(".")[0]
@@ -266,7 +263,7 @@ def _override_where(key: str, overrides: Sequence[str]) -> str:
 def resolve(cfg: DictConfig) -> dict[str, Any]:
     """The config as plain data, every interpolation resolved (errors name the key)."""
     try:
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True, enum_to_str=True)  # type: ignore[return-value]
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", "") or ""
         raise ConfigError(f"{key or 'config'}: {_first_line(getattr(e, 'msg', None) or str(e))}") from None

@@ -8,6 +8,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from expflow.config.choices import Device, MlflowMode, Progress, SchedulerInterval, SwanLabMode
 from expflow.config.numbers import Range
 from expflow.package.codestore import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
 from expflow.package.retention import RetentionPolicy
@@ -34,7 +35,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     optimizer: Any = MISSING  # _target_ node, _partial_: true
     scheduler: Any = None  # _target_ node, _partial_: true, or null
-    scheduler_interval: str = "epoch"  # epoch | step
+    scheduler_interval: SchedulerInterval = SchedulerInterval.epoch
 
 
 @dataclass
@@ -46,8 +47,8 @@ class TrainerConfig:
     deterministic: bool = True
     threads: int | None = None  # torch intra-op threads; null leaves torch's default
     heartbeat_s: float = 5.0
-    progress: str = "auto"  # auto | rich | plain | none
-    device: str = "auto"  # auto | cpu | cuda
+    progress: Progress = Progress.auto
+    device: Device = Device.auto
 
 
 @dataclass
@@ -197,7 +198,7 @@ class NullTrackerConfig:
 class SwanLabTrackerConfig:
     _target_: str = "expflow.tracking.swanlab.SwanLabTracker"
     project: str | None = "expflow"
-    mode: str = "offline"  # offline | local | cloud | disabled (checked by expflow.tracking.validate)
+    mode: SwanLabMode = SwanLabMode.offline
     workspace: str | None = None
     experiment_name: str | None = None  # null: the run id
     description: str | None = None
@@ -211,7 +212,7 @@ class SwanLabTrackerConfig:
 class MlflowTrackerConfig:
     _target_: str = "expflow.tracking.mlflow.MlflowTracker"
     project: str | None = "expflow"  # the MLflow experiment
-    mode: str = "online"  # online | disabled
+    mode: MlflowMode = MlflowMode.online
     tracking_uri: str | None = None  # null: $MLFLOW_TRACKING_URI, else a SQLite store in the package
     experiment_name: str | None = None  # the run's name; null: the run id
 
@@ -250,14 +251,6 @@ def register_configs() -> None:
         ("runner", "command", CommandRunnerConfig),
     ):
         cs.store(group=f"schema/{group}", name=name, node=node)
-
-
-# Keys whose valid values are a fixed set (checked after composition).
-CHOICES: dict[str, tuple[str, ...]] = {
-    "optim.scheduler_interval": ("epoch", "step"),
-    "trainer.progress": ("auto", "rich", "plain", "none"),
-    "trainer.device": ("auto", "cpu", "cuda"),
-}
 
 
 # Every integer of a composed config fits int64 (torch and NumPy hold no more), every

@@ -446,7 +446,7 @@ class SavePackage:
         if not isinstance(cfg, DictConfig):
             raise PackageError(f"{self.config_path}: not a valid config (expected a mapping, got a list)")
         # The types of every key the schemas declare (what continue, analyze and rerun rely on).
-        shapes.check(OmegaConf.to_container(cfg, resolve=False), shapes.config_shape(), self.config_path, "config")
+        shapes.check(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True), shapes.config_shape(), self.config_path, "config")
         return cfg
 
     def code_files(self) -> list[CodeFile]:

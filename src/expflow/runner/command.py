@@ -78,7 +78,7 @@ class CommandSpec:
     def from_config(cls, cfg: Any, where: str) -> CommandSpec:
         from omegaconf import OmegaConf
 
-        node = OmegaConf.to_container(cfg.runner, resolve=True)
+        node = OmegaConf.to_container(cfg.runner, resolve=True, enum_to_str=True)
         assert isinstance(node, dict)
 
         def strings(key: str, allow_empty: bool) -> list[str]:

@@ -139,7 +139,7 @@ def run_trial(study: Any, spec: SearchSpec, space: Space, runs_dir: Path, config
     pkg = None
     try:
         cfg = compose_config(overrides, config_dir=config_dir)
-        run_id = config_id(OmegaConf.to_container(cfg, resolve=False))  # type: ignore[arg-type]
+        run_id = config_id(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))  # type: ignore[arg-type]
         outcome.run_id = run_id
         storage.set_trial_user_attr(trial_id, "run_id", run_id)
         target = runs_dir / run_id

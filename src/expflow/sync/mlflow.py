@@ -288,7 +288,7 @@ class _PackageSync:
             config = pkg.config()
             from omegaconf import OmegaConf
 
-            plain = OmegaConf.to_container(config, resolve=True)
+            plain = OmegaConf.to_container(config, resolve=True, enum_to_str=True)
             held = client.get_run(run_id).data.params
             params = [Param(k, v) for k, v in flatten_params(plain).items() if k not in held]  # type: ignore[arg-type]
             if params:

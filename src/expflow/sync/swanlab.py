@@ -134,7 +134,7 @@ def _profile_files(pkg: Any, offline: Any, run_dir: Path) -> dict[str, Path]:
 
     files_dir = run_dir / "files"
     files_dir.mkdir(parents=True, exist_ok=True)
-    config = OmegaConf.to_container(pkg.config(), resolve=True)
+    config = OmegaConf.to_container(pkg.config(), resolve=True, enum_to_str=True)
     saves = {"config": files_dir / "config.yaml"}
     saves["config"].write_text(yaml.safe_dump(swanlab_config(config), sort_keys=False))  # type: ignore[arg-type]
     for name in ("metadata", "requirements"):

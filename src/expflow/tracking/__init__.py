@@ -109,7 +109,7 @@ def instantiate_tracker(node: Any, **context: Any) -> Any:
     if node is None:
         return NullTracker()
     if isinstance(node, DictConfig):
-        node = OmegaConf.to_container(node, resolve=True)
+        node = OmegaConf.to_container(node, resolve=True, enum_to_str=True)
     if not isinstance(node, Mapping):
         return node  # already a tracker (built by a recursive instantiate)
     target = get_object(node["_target_"])  # a class or a factory function

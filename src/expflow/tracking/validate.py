@@ -23,7 +23,7 @@ _printed: set[str] = set()
 def _plain(node: Any) -> Any:
     from omegaconf import DictConfig, OmegaConf
 
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True) if isinstance(node, DictConfig) else node
 
 
 def tracker_nodes(node: Any, key: str = "tracker") -> Iterator[tuple[str, str, dict[str, Any]]]:
@@ -49,7 +49,7 @@ def secret_keys(node: Any, key: str = "tracker") -> Iterator[str]:
     from expflow.config.credentials import credential_keys
 
     if isinstance(node, (DictConfig, ListConfig)):
-        node = OmegaConf.to_container(node, resolve=False)  # an interpolation resolves into the package
+        node = OmegaConf.to_container(node, resolve=False, enum_to_str=True)  # an interpolation resolves into the package
     yield from credential_keys(node, key)
 
 
