@@ -141,6 +141,45 @@ def test_choices_are_plain_strings_in_the_written_config(compose):
     assert cfg.trainer.device == "cpu" and f"{cfg.trainer.progress}" == "auto"
 
 
+def _repeats(option, schema, prefix: str = "") -> list[str]:
+    """The keys of ``option`` (a YAML option's own keys) whose value equals ``schema``'s default."""
+    from omegaconf import DictConfig
+
+    found = []
+    for key, value in option.items():
+        if key in ("defaults", "_target_") or key not in schema:
+            continue
+        default = schema._get_node(key)
+        if isinstance(value, dict) and isinstance(default, DictConfig) and default._is_none() is False:
+            found += _repeats(value, default, f"{prefix}{key}.")
+        elif OmegaConf.to_container(OmegaConf.create({"v": value}))["v"] == OmegaConf.to_container(
+                schema, enum_to_str=True).get(key):
+            found.append(f"{prefix}{key}")
+    return found
+
+
+def test_options_list_only_what_differs_from_their_schema():
+    """A group option that extends a schema sets only what differs from it (its `_target_` lines
+    stay: they name what the option builds, and `expflow new` aims them at the project)."""
+    import re
+
+    from expflow.config.schema import SCHEMAS
+
+    schemas = {(group, name): OmegaConf.structured(node) for group, name, node in SCHEMAS}
+    checked, repeats = 0, {}
+    for path in sorted(Path(CONF).glob("*/*.yaml")):
+        text = path.read_text()
+        m = re.search(r"^\s*- /schema/(\w+)@_here_: \"?(\w+)\"?", text, re.M)
+        if not m:
+            continue
+        checked += 1
+        option = OmegaConf.to_container(OmegaConf.load(path))
+        if found := _repeats(option, schemas[(m[1], m[2])]):
+            repeats[f"{path.parent.name}/{path.name}"] = found
+    assert checked >= 15
+    assert not repeats, f"options repeating their schema's defaults: {repeats}"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "args, needles",

@@ -57,6 +57,43 @@ def test_regression_project_takes_the_overlay_as_its_defaults(tmp_path):
     assert workflow["analyze"]["scripts"] == ["learning_curves", "regression_fit"]
 
 
+def _comments(text: str) -> list[str]:
+    return [line[line.index("#"):] for line in text.splitlines() if "#" in line and "${" not in line]
+
+
+@pytest.mark.parametrize("example", ["digits", "regression", "command"])
+def test_scaffold_edits_keep_every_comment_and_change_only_what_they_set(tmp_path, example):
+    """The conf/ files are edited with a round-trip YAML library: every comment of expflow's file
+    stays, and a file differs only in the lines the example sets (keys added where an option
+    leaves them at the schema's default)."""
+    import difflib
+
+    proj = create_project(tmp_path / "p", example=example, name="proj")
+    changed = {}
+    for path in sorted((proj / "conf").rglob("*.yaml")):
+        rel = path.relative_to(proj / "conf")
+        source, made = (REPO / "conf" / rel).read_text(), path.read_text()
+        assert _comments(made) == _comments(source), rel  # a changed line keeps its comment too
+        diff = [d for d in difflib.ndiff(source.splitlines(), made.splitlines()) if d[:2] in ("- ", "+ ")]
+        if diff:
+            changed[str(rel)] = diff
+    if example == "regression":
+        assert changed["trainer/default.yaml"] == ["+ ", "+ max_epochs: 20"]  # absent in the option: added
+        assert changed["optim/adamw.yaml"] == ["+ lr: 1e-2"]
+        assert changed["model/quadratic_mlp.yaml"] == [
+            "- _target_: expflow.examples.regression.QuadraticMLP", "+ _target_: proj.regression.QuadraticMLP"]
+    if example == "command":
+        assert changed["runner/command.yaml"] == [
+            "+ ", '+ argv: [python, train.py, --lr, "${optim.lr}"]', '+ resume_argv: [--resume, "${expflow:checkpoint}"]']
+        assert changed["config.yaml"] == ["-   - model: mlp", "-   - dataset: digits", "-   - runner: supervised",
+                                          "+   - runner: command"]
+    for rel in ("checkpoint/default.yaml", "gpu/default.yaml", "tracker/swanlab.yaml"):
+        assert rel not in changed
+    if example != "digits":  # the sweep line and the analyses: the example's own
+        workflow = changed["workflow.yaml"]
+        assert len(workflow) == 4 and workflow[0].startswith('-   - "') and workflow[2].startswith("-   scripts: [")
+
+
 def test_new_refuses_a_used_directory_and_a_bad_name(tmp_path):
     used = tmp_path / "used"
     used.mkdir()

@@ -78,59 +78,114 @@ def project_name(target: Path, name: str | None) -> str:
     return chosen
 
 
-# -- editing YAML text (comments kept) ------------------------------------------------------
-_KEY_LINE = re.compile(r"^(?P<indent>\s*)(?P<key>[^\s#:-][^:#]*?):(?P<sp>\s*)(?P<value>[^#]*?)(?P<comment>\s+#.*)?$")
+# -- editing the shipped YAML (a round-trip YAML library: comments, quotes and layout kept) ----
+def _yaml() -> Any:
+    from ruamel.yaml import YAML  # here: only `expflow new` writes YAML this way
+
+    yaml = YAML()  # round-trip
+    yaml.preserve_quotes = True
+    yaml.indent(mapping=2, sequence=4, offset=2)  # expflow's conf/ style: "key:\n  - item"
+    yaml.width = 4096  # never re-wrap a line
+    yaml.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    return yaml
 
 
-def _indent(line: str) -> int:
-    return len(line) - len(line.lstrip())
+def load_yaml(path: Path) -> Any:
+    """The YAML document in ``path``, for editing (``{}`` for an empty file)."""
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        doc = _yaml().load(path.read_text())
+    except YAMLError as e:
+        raise ScaffoldError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return {} if doc is None else doc
 
 
-def _find_key(lines: list[str], path: Sequence[str], where: str) -> tuple[int, re.Match[str]]:
-    start, end, parent = 0, len(lines), -1
-    for key in path:
-        for i in range(start, end):
-            m = _KEY_LINE.match(lines[i].rstrip("\n"))
-            if m and m["key"] == key and len(m["indent"]) > parent:
-                break
-        else:
-            raise ScaffoldError(f"{where}: no key {'.'.join(path)} (expflow's project files changed?)")
-        parent, start = len(m["indent"]), i + 1
-        end = next((j for j in range(start, len(lines))
-                    if lines[j].strip() and not lines[j].lstrip().startswith("#") and _indent(lines[j]) <= parent),
-                   len(lines))
-    return i, m
+def dump_yaml(doc: Any, path: Path) -> None:
+    import io
+
+    out = io.StringIO()
+    _yaml().dump(doc, out)
+    path.write_text(out.getvalue())
 
 
-def yaml_value(text: str, path: Sequence[str], where: str) -> str:
-    """The value of ``path`` as written in block-style YAML ``text``."""
-    _, m = _find_key(text.splitlines(keepends=True), path, where)
-    return m["value"]
+def parse_yaml(text: str) -> Any:
+    """A YAML value written as text (e.g. a flow list ``[python, train.py]``), as a node."""
+    return _yaml().load(text)
 
 
-def set_yaml_value(text: str, path: Sequence[str], value: str, where: str) -> str:
-    """``text`` with the value of ``path`` replaced, its comment kept."""
-    lines = text.splitlines(keepends=True)
-    i, m = _find_key(lines, path, where)
-    lines[i] = f"{m['indent']}{m['key']}: {value}{m['comment'] or ''}\n"
-    return "".join(lines)
+def yaml_node(doc: Any, path: Sequence[str], where: str) -> Any:
+    """The value at ``path`` in ``doc``."""
+    node = doc
+    for i, key in enumerate(path):
+        if not isinstance(node, dict) or key not in node:
+            raise ScaffoldError(f"{where}: no key {'.'.join(path[:i + 1])} (expflow's project files changed?)")
+        node = node[key]
+    return node
 
 
-def set_default(text: str, group: str, option: str, where: str) -> str:
-    """``text`` with the defaults-list entry ``- group: ...`` choosing ``option``."""
-    pattern = re.compile(rf"^(\s*-\s*{re.escape(group)}:\s*)([^\s#]+)", re.M)
-    if not pattern.search(text):
-        raise ScaffoldError(f"{where}: no defaults entry for {group!r} (expflow's project files changed?)")
-    return pattern.sub(lambda m: m.group(1) + option, text, count=1)
+def set_node(doc: Any, path: Sequence[str], value: Any, where: str) -> None:
+    """Set ``path`` in ``doc`` to ``value``; absent mappings on the way are added."""
+    from ruamel.yaml.comments import CommentedMap
+
+    node = doc
+    for i, key in enumerate(path[:-1]):
+        if key not in node or node[key] is None:
+            node[key] = CommentedMap()
+        node = node[key]
+        if not isinstance(node, dict):
+            raise ScaffoldError(f"{where}: {'.'.join(path[:i + 1])} is not a mapping (expflow's project files changed?)")
+    added = path[-1] not in node
+    node[path[-1]] = value  # a key's comment belongs to its mapping: kept
+    if added and node is doc and list(node)[-2:-1] == ["defaults"]:
+        node.yaml_set_comment_before_after_key(path[-1], before="\n")  # a blank line after the defaults list
 
 
-def set_list(text: str, key: str, items: Sequence[str], where: str) -> str:
-    """``text`` with the block list under top-level ``key:`` replaced by ``items``."""
-    pattern = re.compile(rf"^{re.escape(key)}:[^\n]*\n(?:[ \t]+-[^\n]*\n)+", re.M)
-    if not pattern.search(text):
-        raise ScaffoldError(f"{where}: no list {key!r} (expflow's project files changed?)")
-    body = "".join(f'  - "{item}"\n' for item in items)
-    return pattern.sub(lambda m: m.group(0).split("\n", 1)[0] + "\n" + body, text, count=1)
+def _defaults(doc: Any, where: str) -> Any:
+    entries = doc.get("defaults") if isinstance(doc, dict) else None
+    if not isinstance(entries, list):
+        raise ScaffoldError(f"{where}: no defaults list (expflow's project files changed?)")
+    return entries
+
+
+def set_default(doc: Any, group: str, option: str, where: str) -> None:
+    """The defaults-list entry ``- group: ...`` chooses ``option``."""
+    for entry in _defaults(doc, where):
+        if isinstance(entry, dict) and group in entry:
+            entry[group] = option
+            return
+    raise ScaffoldError(f"{where}: no defaults entry for {group!r} (expflow's project files changed?)")
+
+
+def drop_defaults(doc: Any, groups: Sequence[str], where: str) -> None:
+    """The defaults list without its entries for ``groups``."""
+    entries = _defaults(doc, where)
+    for i in reversed(range(len(entries))):
+        if isinstance(entries[i], dict) and any(g in entries[i] for g in groups):
+            del entries[i]  # ruamel moves the comments of the later entries up
+
+
+def set_items(seq: Any, items: Sequence[Any]) -> None:
+    """Replace the items of the list node ``seq``, its style and the comment after it kept."""
+    tail = seq.ca.items.get(len(seq) - 1) if len(seq) else None  # a comment below the list
+    seq.ca.items.clear()
+    seq.clear()
+    seq.extend(items)
+    if tail is not None and len(seq):
+        seq.ca.items[len(seq) - 1] = tail
+
+
+def retarget(node: Any, old: str, new: str) -> None:
+    """Every ``_target_`` under ``node`` that starts with ``old`` starts with ``new`` instead."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "_target_" and isinstance(value, str) and value.startswith(old):
+                node[key] = new + value[len(old):]
+            else:
+                retarget(value, old, new)
+    elif isinstance(node, list):
+        for item in node:
+            retarget(item, old, new)
 
 
 # -- the project ----------------------------------------------------------------------------
@@ -158,8 +213,6 @@ def _switches_example(path: Path) -> bool:
 def write_conf(src: Path, dest: Path, example: Example, name: str) -> None:
     """The project's conf/: the example's model and dataset options aimed at the project's
     module, the other examples' options left out, and the example's overlay folded in."""
-    import yaml
-
     shutil.copytree(src, dest, ignore=SKIP)
     for option in (dest / "runner").glob("*.yaml"):  # runners of other examples
         if f"_target_: {EXAMPLES_PACKAGE}." in option.read_text():
@@ -175,42 +228,47 @@ def write_conf(src: Path, dest: Path, example: Example, name: str) -> None:
             if option.name not in keep:
                 option.unlink()
             else:
-                option.write_text(option.read_text().replace(f"{EXAMPLES_PACKAGE}.{example.module}.",
-                                                              f"{name}.{example.module}."))
+                doc = load_yaml(option)
+                retarget(doc, f"{EXAMPLES_PACKAGE}.{example.module}.", f"{name}.{example.module}.")
+                dump_yaml(doc, option)
     config_path = dest / "config.yaml"
-    config = config_path.read_text()
+    config = load_yaml(config_path)
     if example.freq:
         freq_path = src / "freq" / f"{example.freq}.yaml"
-        freq_text = freq_path.read_text()
-        freq = yaml.safe_load(freq_text) or {}
+        freq = load_yaml(freq_path)
         for entry in freq.get("defaults") or []:
             for key, option in (entry.items() if isinstance(entry, dict) else []):
                 if key.startswith("override /"):
-                    config = set_default(config, key.removeprefix("override /"), str(option), str(config_path))
+                    set_default(config, key.removeprefix("override /"), str(option), str(config_path))
         for path in _leaves({k: v for k, v in freq.items() if k != "defaults"}):
-            value = yaml_value(freq_text, path, str(freq_path))
+            value = yaml_node(freq, path, str(freq_path))
             group_dir = dest / path[0]
             if group_dir.is_dir():  # a group's setting: into the option the project uses
-                chosen = yaml.safe_load(config)["defaults"]
-                option = next(d[path[0]] for d in chosen if isinstance(d, dict) and path[0] in d)
+                option = next(d[path[0]] for d in _defaults(config, str(config_path))
+                              if isinstance(d, dict) and path[0] in d)
                 target = group_dir / f"{option}.yaml"
-                target.write_text(set_yaml_value(target.read_text(), path[1:], value, str(target)))
+                doc = load_yaml(target)
+                set_node(doc, path[1:], value, str(target))
+                dump_yaml(doc, target)
             else:
-                config = set_yaml_value(config, path, value, str(config_path))
-    config_path.write_text(config)
+                set_node(config, path, value, str(config_path))
+    dump_yaml(config, config_path)
     _finish_conf(dest, example)
 
 
 def _finish_conf(dest: Path, example: Example) -> None:
     """Drop the overlays that swap in another example; the workflow runs this example's sweep."""
+    from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+
     for overlay in (dest / "freq").glob("*.yaml"):
         if _switches_example(overlay):
             overlay.unlink()
     workflow_path = dest / "workflow.yaml"
-    workflow = set_list(workflow_path.read_text(), "sweep", [example.sweep], str(workflow_path))
-    workflow = set_yaml_value(workflow, ["analyze", "scripts"], "[" + ", ".join(example.analyses) + "]",
-                              str(workflow_path))
-    workflow_path.write_text(workflow)
+    workflow = load_yaml(workflow_path)
+    where = str(workflow_path)
+    set_items(yaml_node(workflow, ["sweep"], where), [DoubleQuotedScalarString(example.sweep)])
+    set_items(yaml_node(workflow, ["analyze", "scripts"], where), list(example.analyses))
+    dump_yaml(workflow, workflow_path)
 
 
 def write_command_conf(dest: Path, example: Example) -> None:
@@ -218,13 +276,15 @@ def write_command_conf(dest: Path, example: Example) -> None:
     for group in ("model", "dataset"):
         shutil.rmtree(dest / group)
     config_path = dest / "config.yaml"
-    lines = [ln for ln in config_path.read_text().splitlines(keepends=True)
-             if not re.match(r"^\s*- (model|dataset):", ln)]
-    config = set_default("".join(lines), "runner", "command", str(config_path))
-    config_path.write_text(config)
+    config = load_yaml(config_path)
+    drop_defaults(config, ("model", "dataset"), str(config_path))
+    set_default(config, "runner", "command", str(config_path))
+    dump_yaml(config, config_path)
     runner_path = dest / "runner" / "command.yaml"
-    text = set_yaml_value(runner_path.read_text(), ["argv"], str(example.argv), str(runner_path))
-    runner_path.write_text(set_yaml_value(text, ["resume_argv"], str(example.resume_argv), str(runner_path)))
+    runner = load_yaml(runner_path)
+    set_node(runner, ["argv"], parse_yaml(str(example.argv)), str(runner_path))
+    set_node(runner, ["resume_argv"], parse_yaml(str(example.resume_argv)), str(runner_path))
+    dump_yaml(runner, runner_path)
     _finish_conf(dest, example)
 
 

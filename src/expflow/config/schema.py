@@ -54,18 +54,19 @@ class TrainerConfig:
 @dataclass
 class CheckpointConfig:
     # The retention policy's own defaults (expflow.package.retention owns them).
-    fast_keep: int = RetentionPolicy.fast_keep
-    slow_every: int = RetentionPolicy.slow_every
-    slow_keep: int = RetentionPolicy.slow_keep
+    fast_keep: int = RetentionPolicy.fast_keep  # the latest K checkpoints
+    slow_every: int = RetentionPolicy.slow_every  # every D-th checkpoint ...
+    slow_keep: int = RetentionPolicy.slow_keep  # ... the latest M of those
+    # Checkpoints the lifecycle holds (hold_every, hold_best): keep the latest N (null = all)
     persistent_keep: int | None = RetentionPolicy.persistent_keep
 
 
 @dataclass
 class GpuConfig:
-    count: int = 1
-    mem_mb: int = 0
-    max_jobs_per_gpu: int = 1
-    allow_cpu: bool = True
+    count: int = 1  # GPUs the run leases
+    mem_mb: int = 0  # estimated memory per GPU; a device qualifies when its free memory covers it
+    max_jobs_per_gpu: int = 1  # jobs that may share one device
+    allow_cpu: bool = True  # no GPU: run on the CPU instead of failing
 
 
 @dataclass
@@ -150,8 +151,8 @@ class CharTextConfig:
 
     _target_: str = "expflow.examples.charlm.CharText"
     files: list[str] | None = None  # sklearn/datasets/descr/*.rst names; null: all, by name
-    max_chars: int = 30000
-    max_len: int = 96
+    max_chars: int = 30000  # cut at a paragraph boundary
+    max_len: int = 96  # window length in characters (whole lines, never across a paragraph)
     min_len: int = 16
     val_fraction: float = 0.1
     split_seed: int = 0
@@ -162,7 +163,7 @@ class CharLMRunnerConfig:
     """``runner=charlm``: the Runner API example (expflow.examples.charlm)."""
 
     _target_: str = "expflow.examples.charlm.CharLMRunner"
-    _recursive_: bool = False  # the runner builds model and text itself, in build()
+    _recursive_: bool = False  # the runner builds model and text itself, in build() (vocab_size from the text)
     model: CharGRUConfig = field(default_factory=CharGRUConfig)
     text: CharTextConfig = field(default_factory=CharTextConfig)
     batch_size: int = 16
@@ -199,12 +200,12 @@ class SwanLabTrackerConfig:
     _target_: str = "expflow.tracking.swanlab.SwanLabTracker"
     project: str | None = "expflow"
     mode: SwanLabMode = SwanLabMode.offline
-    workspace: str | None = None
+    workspace: str | None = None  # an organization; null: your own
     experiment_name: str | None = None  # null: the run id
     description: str | None = None
     tags: list[str] = field(default_factory=list)
-    web_host: str | None = None  # a private deployment's web and API hosts
-    api_host: str | None = None
+    web_host: str | None = None  # a private deployment, e.g. https://swanlab.example.com
+    api_host: str | None = None  # its API host (the client calls <api_host>/api)
     monitor: bool = False  # SwanLab's hardware monitor (a sampling thread)
 
 
@@ -224,6 +225,28 @@ class MultiTrackerConfig:
     trackers: dict[str, Any] = field(default_factory=dict)
 
 
+# The schema of each group option: ``- /schema/<group>@_here_: <name>`` in its defaults list.
+SCHEMAS: tuple[tuple[str, str, type], ...] = (
+    ("model", "digits_mlp", DigitsMLPConfig),
+    ("model", "digits_cnn", DigitsCNNConfig),
+    ("model", "quadratic_mlp", QuadraticMLPConfig),
+    ("dataset", "digits", DigitsDataConfig),
+    ("dataset", "quadratic", QuadraticDataConfig),
+    ("model", "char_gru", CharGRUConfig),
+    ("dataset", "charlm_text", CharTextConfig),
+    ("runner", "charlm", CharLMRunnerConfig),
+    ("optim", "optim", OptimConfig),
+    ("trainer", "trainer", TrainerConfig),
+    ("checkpoint", "checkpoint", CheckpointConfig),
+    ("tracker", "null", NullTrackerConfig),
+    ("tracker", "swanlab", SwanLabTrackerConfig),
+    ("tracker", "mlflow", MlflowTrackerConfig),
+    ("tracker", "multi", MultiTrackerConfig),
+    ("gpu", "gpu", GpuConfig),
+    ("runner", "command", CommandRunnerConfig),
+)
+
+
 def register_configs() -> None:
     """Register the schemas (idempotent). YAML options extend them through their
     defaults list, e.g. ``- /schema/model@_here_: digits_mlp``."""
@@ -231,25 +254,7 @@ def register_configs() -> None:
 
     cs = ConfigStore.instance()
     cs.store(name="expflow_schema", node=ExpflowConfig)
-    for group, name, node in (
-        ("model", "digits_mlp", DigitsMLPConfig),
-        ("model", "digits_cnn", DigitsCNNConfig),
-        ("model", "quadratic_mlp", QuadraticMLPConfig),
-        ("dataset", "digits", DigitsDataConfig),
-        ("dataset", "quadratic", QuadraticDataConfig),
-        ("model", "char_gru", CharGRUConfig),
-        ("dataset", "charlm_text", CharTextConfig),
-        ("runner", "charlm", CharLMRunnerConfig),
-        ("optim", "optim", OptimConfig),
-        ("trainer", "trainer", TrainerConfig),
-        ("checkpoint", "checkpoint", CheckpointConfig),
-        ("tracker", "null", NullTrackerConfig),
-        ("tracker", "swanlab", SwanLabTrackerConfig),
-        ("tracker", "mlflow", MlflowTrackerConfig),
-        ("tracker", "multi", MultiTrackerConfig),
-        ("gpu", "gpu", GpuConfig),
-        ("runner", "command", CommandRunnerConfig),
-    ):
+    for group, name, node in SCHEMAS:
         cs.store(group=f"schema/{group}", name=name, node=node)
 
 
