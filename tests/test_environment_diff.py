@@ -60,6 +60,25 @@ def test_machine_facts_name_the_leased_gpus_and_the_slurm_job(monkeypatch):
     assert environment.machine_facts({})["gpus"] == [] and environment.machine_facts({})["slurm"] is None
 
 
+@pytest.mark.parametrize("edit, needle", [
+    (lambda env: env.update(format="expflow.environment/9"), "format \"expflow.environment/9\", this expflow reads \"expflow.environment/1\""),
+    (lambda env: env.pop("format"), "key 'format': missing"),
+    (lambda env: env["distributions"].update(x={"version": 3}), "distributions.x.version"),
+])
+def test_an_environment_record_of_another_format_or_shape_is_one_line(tmp_path, edit, needle):
+    from expflow.errors import PackageError
+
+    record = environment.software_environment()
+    assert environment.FORMAT == record["format"]
+    edit(record)
+    path = tmp_path / environment.PACKAGE_DIR / "abc.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(record))
+    with pytest.raises(PackageError) as info:
+        environment.read(tmp_path, "abc")
+    assert str(path) in info.value.one_line() and needle in info.value.one_line(), info.value.one_line()
+
+
 @pytest.mark.slow
 def test_diff_of_a_sweep_names_the_swept_value_and_of_a_rerun_the_upgraded_package(tmp_path):
     proj = make_project(tmp_path)

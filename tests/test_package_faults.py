@@ -248,7 +248,8 @@ def test_show_renders_the_rest_of_a_package_with_a_damaged_index(tmp_path, capsy
     assert info["damaged"] and info["metrics_last"]
 
 
-@pytest.mark.parametrize("heartbeat", ["[1, 2]", '{"time": "now", "pid": 1}', "{", '"beat"', ""])
+@pytest.mark.parametrize("heartbeat", ["[1, 2]", '{"time": "now", "pid": 1}', "{", '"beat"', "",
+                                       '{"format": 2, "time": 1.0}'])
 def test_damaged_heartbeat_is_no_heartbeat_and_is_reported(tmp_path, capsys, heartbeat):
     pkg = crashed_package(tmp_path)
     pkg.heartbeat_path.write_text(heartbeat)
@@ -262,6 +263,17 @@ def test_damaged_heartbeat_is_no_heartbeat_and_is_reported(tmp_path, capsys, hea
     assert info["heartbeat"] is None and "heartbeat.json" in info["warnings"][0]
     assert [r.status for r in Board(pkg.path.parent).rows()] == ["CRASHED"]
     assert tree_digest(pkg.path, modes=True) == before
+
+
+def test_a_heartbeat_names_its_format(tmp_path):
+    from expflow.package import shapes
+
+    pkg = crashed_package(tmp_path)
+    pkg.beat(step=3)
+    assert json.loads(pkg.heartbeat_path.read_text())["format"] == shapes.HEARTBEAT_FORMAT
+    assert pkg.heartbeat()["step"] == 3
+    pkg.heartbeat_path.write_text('{"format": 2, "time": 1.0}')  # another expflow's: ignored, said why
+    assert pkg.read_heartbeat()[0] is None and "format 2" in pkg.read_heartbeat()[1]
 
 
 def test_damaged_heartbeat_of_a_live_remote_run_leaves_it_running(tmp_path):

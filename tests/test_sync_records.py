@@ -4,6 +4,8 @@ passes on only records that were really written."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from expflow.errors import RecordError
@@ -80,3 +82,29 @@ def test_a_damaged_sync_state_starts_over(tmp_path, text):
         st.watermark = 7
         st.save()
     assert SyncState.load(tmp_path, "mlflow", "here").watermark == 7
+
+
+def test_a_sync_state_of_another_format_is_refused_and_kept(tmp_path):
+    """A state a newer expflow wrote is one line naming the file and its format, and is never
+    overwritten (that expflow still needs it); one without the key is format 1."""
+    from expflow.errors import SyncError
+    from expflow.sync.state import SYNC_FORMAT
+
+    path = SyncState.file_for(tmp_path, "mlflow", "here")
+    path.parent.mkdir(parents=True)
+    newer = '{"format": 2, "target": "mlflow", "destination": "here", "watermark": 5}'
+    path.write_text(newer)
+    with pytest.raises(SyncError) as info:
+        SyncState.load(tmp_path, "mlflow", "here")
+    line = info.value.one_line()
+    assert str(path) in line and "format 2" in line and f"reads {SYNC_FORMAT}" in line and "\n" not in line
+    with pytest.raises(SyncError):
+        with SyncState.locked(tmp_path, "mlflow", "here", timeout=10):
+            pass
+    assert path.read_text() == newer
+    path.write_text('{"target": "mlflow", "destination": "here", "watermark": 5}')  # before the key
+    assert SyncState.load(tmp_path, "mlflow", "here").watermark == 5
+    state = SyncState.load(tmp_path, "mlflow", "here")
+    state.save()
+    assert json.loads(path.read_text())["format"] == SYNC_FORMAT
+

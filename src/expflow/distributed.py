@@ -9,9 +9,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from expflow.world import Ranked
+
 
 @dataclass(frozen=True)
-class DistEnv:
+class DistEnv(Ranked):
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
@@ -23,14 +25,6 @@ class DistEnv:
             local_rank=int(os.environ.get("LOCAL_RANK", 0)),
             world_size=int(os.environ.get("WORLD_SIZE", 1)),
         )
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 def init(env: DistEnv, device: torch.device) -> None:

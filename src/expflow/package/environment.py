@@ -259,10 +259,16 @@ def link_into(store: str | os.PathLike[str], sha: str, package_dir: str | os.Pat
 
 
 def read(package_dir: str | os.PathLike[str], sha: str) -> dict[str, Any]:
-    """A package's copy of software environment ``sha`` (PackageError: missing or damaged)."""
+    """A package's copy of software environment ``sha`` (PackageError: missing, damaged, or
+    of another format)."""
     from expflow.package import shapes
 
-    return shapes.read_json(Path(package_dir) / PACKAGE_DIR / f"{sha}.json", shapes.OBJECT, "environment record")
+    entry = shapes.Obj({"version": shapes.STR, "from": shapes.STR}, required=("version",))
+    shape = shapes.Obj({"format": shapes.Format(FORMAT), "python": shapes.OBJECT, "platform": shapes.STR,
+                        "distributions": shapes.MapOf(r".+", "a distribution name", entry),
+                        "container": shapes.Nullable(shapes.OBJECT), "torch": shapes.OBJECT},
+                       required=("format", "distributions"))
+    return shapes.read_json(Path(package_dir) / PACKAGE_DIR / f"{sha}.json", shape, "environment record")
 
 
 # -- the machine -----------------------------------------------------------------------

@@ -316,7 +316,8 @@ class SavePackage:
         return self.update_manifest(change)
 
     def beat(self, **fields: Any) -> None:
-        atomic_write_json(self.heartbeat_path, {"time": time.time(), **process_identity(), **fields})
+        atomic_write_json(self.heartbeat_path, {"format": shapes.HEARTBEAT_FORMAT, "time": time.time(),
+                                                **process_identity(), **fields})
 
     def read_heartbeat(self) -> tuple[dict[str, Any] | None, str | None]:
         """(heartbeat, problem): a damaged heartbeat file is no heartbeat, and says why.

@@ -190,6 +190,20 @@ class Obj(Shape):
                 shape.check(value[name], _join(key, name))
 
 
+class Format(Shape):
+    """A file's format version: exactly ``version`` (a file another expflow wrote is refused,
+    never misread)."""
+
+    def __init__(self, version: Any):
+        self.version = version
+        self.expected = f"format {version!r}"
+
+    def check(self, value: Any, key: str = "") -> None:
+        if value != self.version or type(value) is not type(self.version):
+            raise Mismatch(key, f"format {json.dumps(value, default=str)}, this expflow reads "
+                                f"{json.dumps(self.version)} (written by another version of expflow?)")
+
+
 class MapOf(Shape):
     """A JSON object used as a map: every key matches ``key_regex``, every value ``value``."""
 
@@ -292,7 +306,10 @@ CHECKPOINT_INDEX = Obj(
     required=("next_number", "checkpoints", "tracks"),
 )
 
-HEARTBEAT = Obj({"time": NUMBER, **PROCESS, "step": COUNT, "epoch": COUNT}, required=("time",))
+# heartbeat.json (SavePackage.beat writes it); heartbeats from before the format key have none.
+HEARTBEAT_FORMAT = 1
+HEARTBEAT = Obj({"format": Format(HEARTBEAT_FORMAT), "time": NUMBER, **PROCESS, "step": COUNT, "epoch": COUNT},
+                required=("time",))
 
 CODE_LISTING = ListOf(Obj({"path": RELATIVE_PATH, "sha256": SHA256, "size": COUNT, "executable": BOOL},
                           required=("path", "sha256", "size", "executable")))

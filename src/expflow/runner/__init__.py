@@ -55,6 +55,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from expflow.world import Ranked
+
 if TYPE_CHECKING:
     import torch
     from omegaconf import DictConfig
@@ -67,7 +69,7 @@ COMMAND = "expflow.runner.command.CommandRunner"
 
 
 @dataclass
-class RunContext:
+class RunContext(Ranked):
     """What a runner gets in ``build``: the config, where it runs, and helpers for the
     device, DDP, all-reduce and data sharding."""
 
@@ -80,14 +82,6 @@ class RunContext:
     seed: int = 0
     _samplers: list[Any] = field(default_factory=list, repr=False)
     _log: Any = field(default=None, repr=False)
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
     # -- models and tensors ----------------------------------------------------------
     def wrap(self, module: torch.nn.Module, **ddp_kwargs: Any) -> torch.nn.Module:

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from expflow.atomic import atomic_write_json
+from expflow.errors import SyncError
 
 TAIL_BYTES = 64
 
@@ -42,10 +43,15 @@ def tail_digest(path: str | os.PathLike[str], offset: int) -> str | None:
     return hashlib.sha256(data).hexdigest()
 
 
+# The sync state file's format; a state without the key is of format 1 (written before it).
+SYNC_FORMAT = 1
+
+
 @dataclass
 class SyncState:
     target: str
     destination: str
+    format: int = SYNC_FORMAT
     experiment: str | None = None  # SwanLab experiment id / MLflow run id
     generation: int = 0
     watermark: int = 0
@@ -73,9 +79,19 @@ class SyncState:
         path = cls.file_for(tracker_dir, target, destination)
         try:
             data = shapes.read_json(path, shapes.schema_shape(cls), "sync state")
-            known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "path"}
-            state = cls(**known)
-        except (PackageError, TypeError):
+        except PackageError:
+            data = None
+        if isinstance(data, dict) and data.get("format", 1) != SYNC_FORMAT:
+            # Another expflow's state: refused, never overwritten (that expflow still needs it).
+            raise SyncError(f"{path}: sync state of format {data.get('format')!r}, this expflow reads "
+                            f"{SYNC_FORMAT} (written by another version of expflow?)")
+        state = None
+        if data is not None:
+            try:
+                state = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "path"})
+            except TypeError:  # a required key missing
+                pass
+        if state is None:
             # Absent, unreadable or of the wrong shape: start over. Nothing is lost: the
             # experiment is found again (--id auto) and the server drops what it already holds.
             state = cls(target=target, destination=destination)
