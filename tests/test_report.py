@@ -221,7 +221,7 @@ def many_runs(runs: Path) -> dict[str, str]:
     kinds[crashed.run_id] = "continued"
     first = next(iter(kinds))
     for k in range(2):
-        rerun = fake_package(runs, f"{first}-rerun-2026010{k + 1}T000000", overrides=("optim.lr=0.001", "seed=0"),
+        rerun = fake_package(runs / ".reruns", f"{first}-{k + 1}", overrides=("optim.lr=0.001", "seed=0"),
                              config={"optim": {"lr": 1e-3}, "seed": 0}, points=curve(0.5))
         rerun.update_manifest(lambda m: m.update(origin={"rerun_of": first, "path": str(runs / first)}))
         mark(rerun, Status.COMPLETED)

@@ -334,3 +334,29 @@ def test_a_run_that_falls_back_to_the_cpu_says_so(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if "ran on the CPU" in line]
     assert lines == [f"{pkg.name}: ran on the CPU: it asked for 1 GPU(s) and none was available "
                      "(gpu.allow_cpu=true let it fall back)"], proc.stderr
+
+
+def test_reruns_live_apart_and_are_listed_as_reruns_of_their_run(tmp_path):
+    """`expflow rerun` writes into <runs>/.reruns/<run id>-<n>/ (the first free n, claimed by its
+    mkdir); status lists each as a rerun of its run; align's package listing
+    (package_dirs without reruns) and the runs directory itself hold the runs alone."""
+    from expflow.package.manifest import RERUNS, package_dirs
+    from expflow.rerun import _rerun_dir
+
+    runs = tmp_path / "runs"
+    run = fake_package(runs, "abc", points=[(1, {"val/acc": 0.5})])
+    mark(run, Status.COMPLETED)
+    first, second = _rerun_dir(run), _rerun_dir(run)
+    assert (first, second) == (runs / RERUNS / "abc-1", runs / RERUNS / "abc-2")
+    first.rmdir()
+    rerun = fake_package(runs / RERUNS, "abc-2", points=[(1, {"val/acc": 0.5})])
+    rerun.update_manifest(lambda m: m.update(origin={"rerun_of": "abc", "path": str(run.path)}))
+    mark(rerun, Status.COMPLETED)
+    assert _rerun_dir(rerun) == runs / RERUNS / "abc-2-1"  # a rerun of a rerun: beside it
+    assert package_dirs(runs) == [run.path] and package_dirs(runs, reruns=True) == [run.path, rerun.path]
+    rows = {r.run_id: r for r in Board(runs).rows()}
+    assert set(rows) == {"abc", "abc-2"} and rows["abc-2"].rerun_of == "abc"
+    out = run_cli("status", "--runs", str(runs), "--json")
+    assert out.returncode == 0, out.stderr
+    listed = {r["run_id"]: r for r in json.loads(out.stdout)}
+    assert listed["abc-2"]["rerun_of"] == "abc"

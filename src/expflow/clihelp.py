@@ -82,9 +82,9 @@ COMMAND_HELP: dict[str, tuple[str, str]] = {
     ),
     "rerun": (
         "Train a COMPLETED package again from its own code snapshot and config, and compare every metric.",
-        """Reads the package (config, code snapshot, metric records); writes a new package beside it,
-        <runs>/<run_id>-rerun-<time>/, and prints the comparison. Exits 0 only when every compared
-        metric is bit-identical.
+        """Reads the package (config, code snapshot, metric records); writes a new package apart from
+        the runs, <runs>/.reruns/<run_id>-<n>/ (status and the report list it as a rerun of its run),
+        and prints the comparison. Exits 0 only when every compared metric is bit-identical.
 
         Examples:
           expflow rerun runs/3f2a9c1b7d4e

@@ -19,9 +19,10 @@ from rich.console import Console
 from rich.table import Table
 
 from expflow.errors import ExpflowError, PackageError, ReproductionMismatch
-from expflow.package import SavePackage, Status, effective_metrics, utc_now
-from expflow.package.manifest import is_package
+from expflow.package import SavePackage, Status, effective_metrics
+from expflow.package.manifest import RERUNS, is_package
 from expflow.package.records import same_value
+from expflow.paths import check_writable
 
 
 @dataclass
@@ -68,8 +69,8 @@ def rerun(path: str | Path, *, ignore: Sequence[str] = (), console: Console | No
     if status is not Status.COMPLETED:
         raise PackageError(f"{original.path}: status is {status.value}; only a COMPLETED package can be rerun "
                            "(continue it first)")
-    new_id = f"{original.run_id}-rerun-{utc_now()[:19].replace(':', '').replace('-', '')}"
-    target = original.path.parent / new_id
+    target = _rerun_dir(original)
+    new_id = target.name
     config = original.config()
     config.run_id = new_id
     from omegaconf import OmegaConf
@@ -96,6 +97,23 @@ def rerun(path: str | Path, *, ignore: Sequence[str] = (), console: Console | No
     console.print(f"rerunning {original.run_id} from its code snapshot into {new.path}")
     launch(new, from_snapshot=True)
     return new, compare(original, new, ignore)
+
+
+def _rerun_dir(original: SavePackage) -> Path:
+    """A new, empty directory for the next rerun of ``original``: <runs>/.reruns/<run id>-<n>
+    (the first free n; made here, so two reruns at once never take the same one)."""
+    parent = original.path.parent
+    reruns = parent if parent.name == RERUNS else parent / RERUNS  # a rerun of a rerun: beside it
+    check_writable(reruns, what="the reruns directory")
+    reruns.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        target = reruns / f"{original.run_id}-{n}"
+        try:
+            target.mkdir()
+            return target
+        except FileExistsError:
+            n += 1
 
 
 def print_comparison(original: str, new: SavePackage, result: Comparison, console: Console) -> None:

@@ -61,14 +61,15 @@ class RunRow:
         return asdict(self)
 
 
-def package_dirs(runs_dir: str | os.PathLike[str]) -> list[Path]:
-    """The package directories directly under ``runs_dir`` (hidden ones are expflow's own)."""
+def package_dirs(runs_dir: str | os.PathLike[str], *, reruns: bool = False) -> list[Path]:
+    """The package directories directly under ``runs_dir`` (hidden ones are expflow's own), and
+    with ``reruns`` those of its reruns directory; a missing or unreadable one is one line."""
     root = Path(runs_dir)
     if not root.is_dir():
         what = "not a directory" if root.exists() else "no such runs directory"
         raise ExpflowError(f"{root}: {what} (pass --runs DIR, a directory of save-packages)")
     try:
-        return listed_packages(root)
+        return listed_packages(root, reruns=reruns)
     except OSError as e:
         raise ExpflowError(f"{root}: unreadable runs directory ({e.strerror or e.__class__.__name__})") from None
 
@@ -99,7 +100,7 @@ class Board:
         from expflow.package import SavePackage
 
         rows, self.skipped = [], []
-        for path in package_dirs(self.runs_dir):
+        for path in package_dirs(self.runs_dir, reruns=True):  # reruns: listed with the run they reran
             try:
                 rows.append(self.row(SavePackage.open(path)))
             except ExpflowError as e:

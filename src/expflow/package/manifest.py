@@ -65,9 +65,17 @@ def is_package(path: str | os.PathLike[str]) -> bool:
         return False
 
 
-def package_dirs(runs_dir: str | os.PathLike[str]) -> list[Path]:
+# ``expflow rerun`` writes each rerun here, <runs>/.reruns/<run id>-<n>/, apart from the runs
+RERUNS = ".reruns"
+
+
+def package_dirs(runs_dir: str | os.PathLike[str], *, reruns: bool = False) -> list[Path]:
     """The package directories directly under ``runs_dir``, sorted: the one way expflow
     lists the packages of a runs directory. Hidden entries are expflow's own (the code
-    store, the workflow's logs, reruns). OSError when ``runs_dir`` cannot be listed."""
-    return sorted(p for p in Path(runs_dir).iterdir() if not p.name.startswith(".") and is_package(p))
+    store, the workflow's logs, reruns); ``reruns`` adds the reruns of :data:`RERUNS`.
+    OSError when ``runs_dir`` cannot be listed."""
+    found = sorted(p for p in Path(runs_dir).iterdir() if not p.name.startswith(".") and is_package(p))
+    if reruns and (Path(runs_dir) / RERUNS).is_dir():
+        found += package_dirs(Path(runs_dir) / RERUNS)
+    return found
 
