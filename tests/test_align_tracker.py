@@ -112,3 +112,91 @@ def test_scalar_key_cache_logs_what_swanlab_logs(tmp_path):
     cached = _logged(tmp_path, "cached", steps, cached=True)
     assert cached == plain
     assert ("lead", 0, 0.5) in plain and ("nested/x", 2, 1.0) in plain and not any(k == "///" for k, _, _ in plain)
+
+
+def _records(run_dir: Path) -> list[tuple]:
+    """What a run file says, timestamps, record numbers, colour and console lines aside."""
+    from expflow.sync.swanlab_sdk import RecordFile
+
+    (run_file,) = run_dir.glob("run-*.swanlab")
+    out = []
+    for r in RecordFile(run_file):
+        kind = r.WhichOneof("record_type")
+        if kind == "start":
+            out.append((kind, r.start.project, r.start.name, r.start.id))
+        elif kind == "save":
+            out.append((kind, r.num, r.save.name, Path(r.save.source_path).relative_to(run_dir).as_posix(), r.save.type))
+        elif kind == "column":
+            c = r.column
+            out.append((kind, c.column_key, c.column_class, c.column_type, c.section_name, c.section_type))
+        elif kind == "scalar":
+            out.append((kind, r.scalar.key, r.scalar.step, r.scalar.type, r.scalar.value.number))
+        elif kind == "finish":
+            out.append((kind, r.finish.state))
+    return out
+
+
+def test_an_offline_experiment_is_the_run_swanlab_itself_writes(tmp_path, monkeypatch):
+    """expflow writes align's offline experiments without swanlab's per-call cost: the run
+    directory holds what swanlab.init + one run.log per step + finish would write (the same
+    records in the same order, columns and sections, keys cleaned or dropped as swanlab does,
+    config and metadata files), and swanlab's own sync uploads the same to a server."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import pandas as pd
+
+    from expflow.align.tracker import _log_experiment
+    from expflow.align.spec import TargetSpec
+    from expflow.sync.swanlab_sdk import upload_run
+
+    from .swanlab_standin import StandinSwanLab
+
+    monkeypatch.setenv("SWANLAB_ROOT", str(tmp_path / "swanlab-root"))
+    keys = ["loss", "a/b", "a/b/c", "/lead/", "///", "eval/acc"]
+    rows = [(k, s, float(s) + i / 8) for s in range(0, 12, 3) for i, k in enumerate(keys) if (s + i) % 4]
+    table = pd.DataFrame(rows, columns=["metric", "step", "value"])
+    target = TargetSpec(project="cmp", mode="offline")
+    exp_id = experiment_id("cmp", "verl", "d1")
+    ours = _log_experiment(table, target, "verl", exp_id, tmp_path / "ours")
+
+    wide = table.pivot(index="step", columns="metric", values="value").sort_index()
+    steps = [{k: float(v) for k, v in row.items() if not np.isnan(v)} for _, row in wide.iterrows()]
+    script = """
+import json, sys
+import swanlab
+run = swanlab.init(mode="offline", log_dir=sys.argv[2], project="cmp", name="verl", id=sys.argv[4],
+                   config={"expflow.align": {"experiment": "verl"}}, settings=swanlab.Settings(probe={
+                   "hardware": False, "runtime": False, "requirements": False, "conda": False, "git": False,
+                   "monitor": False}))
+for step, values in zip(json.loads(sys.argv[3]), json.loads(sys.argv[1])):
+    run.log(values, step=step)
+swanlab.finish()
+"""
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(steps), str(tmp_path / "sdk"),
+                           json.dumps([int(s) for s in wide.index]), exp_id], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    (sdk,) = (tmp_path / "sdk").glob(f"run-*-{exp_id}")
+    assert ours.parent == tmp_path / "ours" and ours.name.startswith("run-") and ours.name.endswith(exp_id)
+
+    def in_order(records):  # swanlab writes its config save last (twice); expflow writes both saves first
+        return sorted({r for r in records if r[0] == "save"}), [r for r in records if r[0] != "save"]
+
+    assert in_order(_records(ours)) == in_order(_records(sdk))
+    assert ("scalar", "lead", 0, 1, 3 / 8) in _records(ours) and not any(r[1] == "///" for r in _records(ours)[1:])
+    assert (ours / "files/config.yaml").read_text() == (sdk / "files/config.yaml").read_text()
+    ours_meta, sdk_meta = (json.loads((d / "files/swanlab-metadata.json").read_text()) for d in (ours, sdk))
+    assert {k: v for k, v in ours_meta.items() if k != "swanlab"} == {k: v for k, v in sdk_meta.items() if k != "swanlab"}
+
+    key = FAKE_KEY
+    monkeypatch.setenv("SWANLAB_API_KEY", key)
+    with StandinSwanLab(key) as server:
+        for run_dir, cuid in ((ours, "a" * 21), (sdk, "b" * 21)):
+            upload_run(run_dir, api_key=key, api_host=server.url, web_host=None, workspace=None, project="cmp",
+                       experiment_id=cuid, must_exist=False, replay=False, timeout=60)
+        a, b = server.experiments["a" * 21], server.experiments["b" * 21]
+        assert a.points and sorted(a.points) == sorted(b.points)
+        for exp in (a, b):  # each names its own run directory
+            exp.profile["metadata"]["swanlab"].pop("run_dir")
+        assert a.profile == b.profile and a.states == b.states

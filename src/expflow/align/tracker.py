@@ -163,6 +163,8 @@ def _log_experiment(table: pd.DataFrame, target: Any, name: str, exp_id: str, lo
     steps = wide.index.to_numpy(np.int64)
     columns = [str(c) for c in wide.columns]
     values = wide.to_numpy(np.float64)
+    if mode == "offline":  # the run files written directly: what swanlab writes, without its per-call cost
+        return _write_offline(steps, columns, values, target, name, exp_id, log_dir)
     from expflow.sync.swanlab_sdk import scalar_key_cache
 
     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet), \
@@ -190,3 +192,26 @@ def _log_experiment(table: pd.DataFrame, target: Any, name: str, exp_id: str, lo
         swanlab.finish()
     found = sorted(log_dir.glob(f"run-*-{exp_id}"))
     return found[-1] if found else None
+
+
+def _write_offline(steps: np.ndarray, columns: list[str], values: np.ndarray, target: Any, name: str,
+                   exp_id: str, log_dir: Path) -> Path:
+    """The experiment as the run directory ``swanlab.init(mode="offline")`` and one ``run.log``
+    per step would leave (keys cleaned as swanlab cleans them), written in one pass."""
+    import time
+
+    from expflow.sync.swanlab_sdk import clean_key, write_offline_run
+
+    keys = [clean_key(c) for c in columns]
+    now = time.time()
+
+    def scalars() -> Iterator[tuple[str, int, float, float]]:
+        for i, step in enumerate(steps.tolist()):
+            row = values[i]
+            for j in np.flatnonzero(~np.isnan(row)).tolist():
+                if keys[j] is not None:
+                    yield keys[j], step, float(row[j]), now
+
+    start = {"id": exp_id, "project": target.project, "workspace": target.workspace, "name": name}
+    return write_offline_run(log_dir, start, {"expflow.align": {"experiment": name}}, scalars())
+

@@ -128,13 +128,22 @@ def swanlab_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_run(run_dir: Path, start: dict[str, Any], saves: dict[str, Path],
-              scalars: Iterable[tuple[str, int, float, float]], finish: str | None) -> Path:
+              scalars: Iterable[tuple[str, int, float, float]], finish: str | None, *,
+              columns: bool = False) -> Path:
     """Write a SwanLab run file holding ``start``, ``saves`` (config / metadata /
     requirements files), one scalar per (key, step, value, time), and a finish record
-    (``FINISHED`` / ``CRASHED``) if ``finish``; returns its path."""
+    (``FINISHED`` / ``CRASHED``) if ``finish``; returns its path. ``columns``: a column
+    record before each key's first scalar, as ``run.log`` writes it (swanlab's sync makes
+    the columns itself when they are absent)."""
+    import time
+
     from google.protobuf.timestamp_pb2 import Timestamp
-    from swanlab.proto.swanlab.metric.column.v1.column_pb2 import ColumnType
-    from swanlab.proto.swanlab.metric.data.v1.data_pb2 import ScalarRecord, ScalarValue
+    from swanlab.proto.swanlab.metric.column.v1.column_pb2 import (
+        ColumnClass,
+        ColumnRecord,
+        ColumnType,
+        SectionType,
+    )
     from swanlab.proto.swanlab.record.v1.record_pb2 import Record
     from swanlab.proto.swanlab.run.v1.run_pb2 import FinishRecord, RunState, StartRecord
     from swanlab.proto.swanlab.save.v1.save_pb2 import SaveRecord, SaveType
@@ -144,8 +153,6 @@ def write_run(run_dir: Path, start: dict[str, Any], saves: dict[str, Path],
         ts = Timestamp()
         ts.FromNanoseconds(int(t * 1e9))
         return ts
-
-    import time
 
     now = time.time()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -161,19 +168,81 @@ def write_run(run_dir: Path, start: dict[str, Any], saves: dict[str, Path],
         for i, (name, source) in enumerate(saves.items()):
             save = SaveRecord(name=name, source_path=str(source.resolve()), type=save_types[name])
             writer.write(Record(num=-3 - i, timestamp=stamp(now), save=save).SerializeToString())
-        num = 0
+        # One record, its fields set in place for each scalar (a new message per point costs
+        # more than the writing itself).
+        record, column = Record(), Record()
+        scalar = record.scalar
+        scalar.type = ColumnType.COLUMN_TYPE_SCALAR
+        seen: set[str] = set()
+        num, last_t = 0, None
         for key, step, value, t in scalars:
+            if columns and key not in seen:
+                seen.add(key)
+                num += 1
+                parts = key.split("/")  # swanlab's default section rule: the first part
+                column.Clear()
+                column.num = num
+                column.timestamp.CopyFrom(stamp(t))
+                column.column.CopyFrom(ColumnRecord(
+                    column_class=ColumnClass.COLUMN_CLASS_CUSTOM, column_type=ColumnType.COLUMN_TYPE_SCALAR,
+                    column_key=key, section_name=parts[0] if len(parts) > 1 else "",
+                    section_type=SectionType.SECTION_TYPE_PUBLIC))
+                writer.write(column.SerializeToString())
             num += 1
-            scalar = ScalarRecord(key=key, step=int(step), type=ColumnType.COLUMN_TYPE_SCALAR,
-                                  timestamp=stamp(t), value=ScalarValue(number=float(value)))
-            writer.write(Record(num=num, timestamp=stamp(t), scalar=scalar).SerializeToString())
+            if t != last_t:
+                ts, last_t = stamp(t), t
+                record.timestamp.CopyFrom(ts)
+                scalar.timestamp.CopyFrom(ts)
+            record.num = num
+            scalar.key = key
+            scalar.step = int(step)
+            scalar.value.number = float(value)
+            writer.write(record.SerializeToString())
         if finish:
             state = RunState.RUN_STATE_FINISHED if finish == "FINISHED" else RunState.RUN_STATE_CRASHED
-            record = Record(num=-2, timestamp=stamp(now), finish=FinishRecord(state=state, finished_at=stamp(now)))
-            writer.write(record.SerializeToString())
+            finished = Record(num=-2, timestamp=stamp(now), finish=FinishRecord(state=state, finished_at=stamp(now)))
+            writer.write(finished.SerializeToString())
     finally:
         writer.close()
     return path
+
+
+def write_offline_run(log_dir: Path, start: dict[str, Any], config: dict[str, Any],
+                      scalars: Iterable[tuple[str, int, float, float]]) -> Path:
+    """A finished run in ``log_dir`` as ``swanlab.init(mode="offline")``, ``run.log`` and
+    ``swanlab.finish()`` leave it: ``run-<time>-<id>/`` with the run file (start, saves,
+    columns, scalars, finish), ``files/config.yaml`` and ``files/swanlab-metadata.json``
+    (no environment probe), and ``media/``; ``swanlab sync <dir>`` uploads it. Keys must be
+    swanlab's cleaned keys (:func:`clean_key`). Returns the run directory."""
+    import json
+    import time
+    from datetime import datetime
+
+    import swanlab
+    import yaml
+
+    run_dir = log_dir / f"run-{datetime.fromtimestamp(time.time()).strftime('%Y%m%d_%H%M%S')}-{start['id']}"
+    files = run_dir / "files"
+    files.mkdir(parents=True)
+    (run_dir / "media").mkdir()
+    if not (log_dir / ".gitignore").exists():
+        (log_dir / ".gitignore").write_text("*")  # as swanlab marks its log directory
+    (files / "config.yaml").write_text(yaml.safe_dump(swanlab_config(config), sort_keys=False, allow_unicode=True))
+    metadata = {"_version": 2, "hardware": None, "runtime": None, "git": None,
+                "swanlab": {"version": getattr(swanlab, "__version__", None), "run_dir": str(run_dir)}}
+    (files / "swanlab-metadata.json").write_text(json.dumps(metadata))
+    write_run(run_dir, start, {"config": files / "config.yaml", "metadata": files / "swanlab-metadata.json"},
+              scalars, "FINISHED", columns=True)
+    return run_dir
+
+
+def clean_key(key: str) -> str | None:
+    """The key ``run.log`` records for metric ``key`` (swanlab's own cleaning; None: it drops
+    the key)."""
+    from swanlab.sdk.internal.run import fmt
+
+    cleaned = fmt.flatten_dict({key: 0.0})
+    return next(iter(cleaned)) if cleaned else None
 
 
 def stored_api_key(api_host: str) -> str | None:
