@@ -51,3 +51,25 @@ def test_ddp_run_completes_and_metrics_match_rank0(tmp_path):
     with torch.no_grad():
         acc = (model(x).argmax(1) == y).double().mean().item()
     assert epoch_records[-1]["values"]["val/acc"] == pytest.approx(acc, abs=1e-12)
+
+
+def test_a_stop_signal_stops_every_rank_at_the_same_step_and_continue_is_bit_identical(tmp_path):
+    """Under DDP, a SIGUSR1 to one rank (in the train) or to the launcher (in the continue,
+    which forwards it to both ranks) stops both at the same step; the checkpoint holds each
+    rank's RNG and epoch state, and the continued run equals an uninterrupted one."""
+    runs = tmp_path / "runs"
+    common = ["trainer.processes=2", "trainer.max_epochs=4", "trainer.log_every_n_steps=1"]
+    ref = run_cli(*small_overrides(runs, *common, "run_id=ref"), module="expflow.train", timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    stops = ["lifecycle._target_=tests.signal_lifecycle.SignalAt", "+lifecycle.steps=[5,30]",
+             "code.include=[src/**/*.py,conf/**/*.yaml,tests/*.py]"]
+    proc = run_cli(*small_overrides(runs, *common, *stops, "run_id=stopped"), module="expflow.train", timeout=300)
+    assert proc.returncode != 0
+    pkg = SavePackage.open(runs / "stopped")
+    for stop in (5, 30):  # 12 steps per epoch: both mid-epoch
+        assert pkg.manifest()["attempts"][-1]["stopped"]["step"] == stop, pkg.manifest()["attempts"]
+        assert pkg.checkpoints().latest().step == stop
+        proc = run_cli("continue", str(pkg.path), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    values = lambda p: [(r["step"], r["values"]) for r in effective_metrics(p.scan_records().records)]  # noqa: E731
+    assert values(pkg) == values(SavePackage.open(runs / "ref"))

@@ -153,3 +153,42 @@ def test_continue_leases_its_gpus_like_a_train_job(tmp_path):
     m = SavePackage.open(runs / "g1").manifest()
     assert m["status"] == "COMPLETED" and [a["kind"] for a in m["attempts"]][-1] == "continue"
     assert len(m["leases"]) == 2 and m["leases"][-1]["gpus"] == [0]
+
+
+SIGNAL_AT = ["lifecycle._target_=tests.signal_lifecycle.SignalAt", "+lifecycle.steps=[30,80]",
+             "code.include=[src/**/*.py,conf/**/*.yaml,tests/*.py]"]
+
+
+@pytest.mark.parametrize("signame, reason", [("SIGUSR1", "TIMEOUT"), ("SIGTERM", "CANCELLED")])
+def test_a_stop_signal_checkpoints_at_its_step_and_continues_bit_identically(tmp_path, signame, reason):
+    """SIGUSR1 (a time limit's warning) or SIGTERM (a cancel), mid-epoch: the run finishes the
+    step, checkpoints at it (interim: the tracks stay an uninterrupted run's), records why
+    and exits non-zero; `expflow continue` resumes at that step, inside the epoch (a second
+    stop there, sent to the continue's launcher, which forwards it to the rank), and the run
+    completes with every metric bit-identical to one never stopped."""
+    runs = tmp_path / "runs"
+    ref = start_train(runs, "reference")
+    assert ref.wait(timeout=300) == 0
+    reference = SavePackage.open(runs / "reference")
+    proc = run_cli(*small_overrides(runs, *TRACK_OVERRIDES, *SIGNAL_AT, f"+lifecycle.signame={signame}",
+                                    "run_id=stopped"), module="expflow.train", timeout=300)
+    assert proc.returncode == 1 and f"interrupted: {reason} ({signame}): stopped at step 30" in proc.stderr, proc.stderr
+    pkg = SavePackage.open(runs / "stopped")
+    for stop in (30, 80):
+        m = pkg.manifest()
+        assert pkg.status() is Status.CRASHED and m["error"]["type"] == reason
+        assert {k: m["attempts"][-1]["stopped"][k] for k in ("reason", "signal", "step")} == {
+            "reason": reason, "signal": signame, "step": stop}
+        latest = pkg.checkpoints().latest()
+        assert latest.step == stop and stop % STEPS_PER_EPOCH  # mid-epoch
+        assert all(p in points(reference) for p in points(pkg))
+        assert max(s for s, _ in points(pkg)) == stop  # at most the step in progress is redone
+        proc = run_cli("continue", str(pkg.path), timeout=300)
+        if stop == 30:
+            assert proc.returncode == 1 and "stopped at step 80" in proc.stderr, proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert pkg.status() is Status.COMPLETED
+    assert points(pkg) == points(reference)
+    assert pkg.checkpoints().files_on_disk() == EXPECTED_FILES
+    kinds = [(a["kind"], (a.get("stopped") or {}).get("step")) for a in pkg.manifest()["attempts"]]
+    assert kinds == [("train", 30), ("continue", 80), ("continue", None)]

@@ -228,8 +228,18 @@ def launch(
         launcher += ["-m", "torch.distributed.run", "--standalone", "--nnodes=1",
                      f"--nproc-per-node={processes}"]
     cmd = launcher + worker
+    from expflow.interrupt import Forwarder, ignore_usr1
+
+    def prepare_child() -> None:
+        ignore_usr1()
+        if sys.platform == "linux":
+            die_with_parent()
+
     with pkg.claim():  # a QUEUED package (a rerun's): killed before the child starts, it shows CRASHED
-        proc = subprocess.run(cmd, env=env, preexec_fn=die_with_parent if sys.platform == "linux" else None)
+        child = subprocess.Popen(cmd, env=env, preexec_fn=prepare_child)
+        with Forwarder(child.pid, through_torchrun=processes > 1):  # a stop signal: to the ranks
+            child.wait()
+        proc = child
     status = pkg.status()
     if proc.returncode != 0 or not status.finished:
         error = pkg.manifest().get("error") or {}

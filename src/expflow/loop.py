@@ -9,6 +9,7 @@ runner owns what a step, a validation pass and a visualization do. One :class:`L
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -49,7 +50,7 @@ class Loop:
     """The objects of one rank's run (runner, lifecycle, tracker, state) and its loop."""
 
     def __init__(self, pkg: SavePackage, cfg: DictConfig, env: Any, device: Any,
-                 writer: RecordWriter | None, logs: Any, heartbeat: Any = None):
+                 writer: RecordWriter | None, logs: Any, heartbeat: Any = None, stop: Any = None):
         from hydra.utils import instantiate
 
         from expflow.lifecycle import TrainState
@@ -58,6 +59,12 @@ class Loop:
 
         self.pkg, self.cfg, self.env, self.device, self.writer = pkg, cfg, env, device, writer
         self.heartbeat = heartbeat
+        from expflow.interrupt import StopRequest
+
+        self.stop = stop if stop is not None else StopRequest()  # a signal asks the loop to stop at a step
+        self.saved_step = -1  # the step of the last checkpoint this process wrote or resumed from
+        self.epoch_rng: Any = None  # the RNG state this epoch's data iterator was made with
+        self.resume: dict[str, Any] | None = None  # a mid-epoch checkpoint's place in its epoch
         self.state = TrainState(config=cfg, max_epochs=int(cfg.trainer.max_epochs), rank=env.rank)
         self.in_step = False  # inside train_step: what it logs belongs to the step being taken
         self.ctx = RunContext(cfg=cfg, device=device, rank=env.rank, local_rank=env.local_rank,
@@ -101,7 +108,11 @@ class Loop:
             restore_rng_state(rng[self.env.rank] if len(rng) == self.env.world_size else rng[0])
             self.state.epoch, self.state.step = int(ck["epoch"]), int(ck["step"])
             self.state.metrics = dict(ck.get("metrics") or {})
-            start = info.step
+            if ck.get("batch"):  # taken mid-epoch: the epoch resumes after its ck["batch"] batches
+                rank = self.env.rank if len(ck["epoch_rng"]) == self.env.world_size else 0
+                self.resume = {"batch": int(ck["batch"]), "rng": ck["epoch_rng"][rank],
+                               "runner": (ck.get("epoch_state") or [{}] * (rank + 1))[rank]}
+            start = self.saved_step = info.step
             self.reporter.line(f"[{self.pkg.path.name}] continuing from checkpoint at step {info.step} (epoch {info.epoch})")
         if self.env.is_main:
             store.truncate_after(start)
@@ -110,11 +121,19 @@ class Loop:
             self.pkg.update_manifest(lambda m: m.setdefault("attempts", []).append(
                 {"kind": "continue", "from_step": start, "time": _now()}))
 
-    def save(self, hold: bool) -> None:
+    def save(self, hold: bool, batch: int = 0, interim: bool = False) -> None:
+        """A checkpoint at the current step (every rank takes part). ``batch``: taken after that
+        many batches of the current epoch, with what resuming there needs: the RNG state the
+        epoch's data iterator was made with and the runner's epoch state. ``interim``: a stop's
+        checkpoint, which the next regular one replaces (expflow.package.checkpoints)."""
         from expflow import distributed
         from expflow.seeding import capture_rng_state
 
         rng = distributed.gather_objects(capture_rng_state())
+        within = {}
+        if batch:
+            within = {"batch": batch, "epoch_rng": distributed.gather_objects(self.epoch_rng),
+                      "epoch_state": distributed.gather_objects(self.runner.epoch_state())}
         if self.env.is_main:
             assert self.writer is not None
             self.writer.flush()  # a checkpoint never exists before the records it covers are on disk
@@ -128,9 +147,35 @@ class Loop:
                 "epoch": self.state.epoch,
                 "metrics": dict(self.state.metrics),
                 "config": OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True),
+                **within,
             }
-            self.pkg.checkpoints().save(state, step=self.state.step, epoch=self.state.epoch, hold=hold)
+            self.pkg.checkpoints().save(state, step=self.state.step, epoch=self.state.epoch, hold=hold,
+                                        interim=interim)
         distributed.barrier()
+        self.saved_step = self.state.step
+
+    # -- stopping on a signal ------------------------------------------------------
+    def stop_requested(self) -> bool:
+        """A stop was asked for, on any rank (with DDP every rank agrees, at the same step)."""
+        if not self.env.distributed:
+            return self.stop.requested
+        import torch
+
+        from expflow import distributed
+
+        flag = torch.tensor(1.0 if self.stop.requested else 0.0, device=self.device)
+        return bool(distributed.all_reduce_sum(flag).item() > 0)
+
+    def interrupt(self, batch: int = 0) -> None:
+        """Checkpoint at this step (unless one is there already) and stop: Interrupted."""
+        from expflow.interrupt import Interrupted
+
+        if self.state.step != self.saved_step:
+            self.save(hold=False, batch=batch, interim=True)
+        if self.env.is_main:
+            self.pkg.update_manifest(lambda m: m.__setitem__("progress", self.progress()))
+        raise Interrupted(self.stop.reason() if self.stop.requested else "CANCELLED", self.state.step,
+                          self.stop.signame or "another rank's signal")
 
     # -- metrics ---------------------------------------------------------------
     def log(self, values: dict[str, Any], epoch: int | None) -> None:
@@ -173,6 +218,27 @@ class Loop:
         mean = distributed.all_reduce_sum(stacked) / self.env.world_size
         return dict(zip(keys, mean.tolist(), strict=True))
 
+    def _epoch_batches(self, resume: dict[str, Any] | None) -> tuple[Iterator[Any], int]:
+        """This epoch's batches, and the index of the first. Resuming mid-epoch: the data
+        iterator is made again with the RNG state of the epoch's start (so it draws its order
+        and worker seeds as it did), its first ``batch`` batches are read and dropped (what
+        they drew from the RNG too), the runner's epoch state is put back, and then the RNG
+        state of the checkpoint: the rest of the epoch is what it would have been."""
+        from expflow.seeding import capture_rng_state, restore_rng_state
+
+        if resume is None:
+            self.epoch_rng = capture_rng_state()
+            return iter(self.runner.train_data(self.state.epoch)), 0
+        at_stop = capture_rng_state()
+        restore_rng_state(resume["rng"])
+        self.epoch_rng = resume["rng"]
+        batches = iter(self.runner.train_data(self.state.epoch))
+        for _ in range(resume["batch"]):
+            next(batches)
+        self.runner.load_epoch_state(resume["runner"])
+        restore_rng_state(at_stop)
+        return batches, resume["batch"]
+
     def progress(self) -> dict[str, Any]:
         return {"epoch": self.state.epoch, "step": self.state.step, "max_epochs": self.state.max_epochs,
                 "steps_per_epoch": self.steps_per_epoch}
@@ -188,6 +254,8 @@ class Loop:
             try:
                 if lc.before_run(state) != SKIP:
                     while lc.need_continue(state):
+                        if self.stop_requested():
+                            self.interrupt()
                         self.one_epoch()
                 lc.after_run(state)
             finally:
@@ -200,14 +268,18 @@ class Loop:
         runner, lc, state = self.runner, self.lifecycle, self.state
         epoch_no = state.epoch + 1
         epoch_values: dict[str, Any] = {}
-        if lc.before_epoch(state) != SKIP:
+        resume, self.resume = self.resume, None
+        # A mid-epoch checkpoint's epoch began before it (its before_epoch ran then).
+        if resume is not None or lc.before_epoch(state) != SKIP:
             self.ctx.set_epoch(state.epoch)
             runner.train_mode(True)
             log_every, log, mean = self.log_every, self.log, self._ranks_mean
             before, after, advance = lc.before_train_step, lc.after_train_step, self.reporter.advance
             train_step = runner.train_step
+            stop_requested = self.stop_requested
             description = f"epoch {epoch_no}/{state.max_epochs}"
-            for b, batch in enumerate(runner.train_data(state.epoch)):
+            batches, first = self._epoch_batches(resume)
+            for b, batch in enumerate(batches, start=first):
                 state.batch = b
                 if before(state) == SKIP:
                     after(state)
@@ -220,6 +292,8 @@ class Loop:
                     log(mean(metrics), epoch_no)
                 after(state)
                 advance(state.step, description)
+                if stop_requested():
+                    self.interrupt(batch=b + 1)
             epoch_values.update(runner.end_epoch(state) or {})
         state.epoch = epoch_no
         state.batch = 0

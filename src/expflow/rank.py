@@ -13,17 +13,10 @@ import traceback
 from typing import Any
 
 from expflow.errors import ExpflowError, RunCrashed
+from expflow.interrupt import Interrupted, StopRequest, Terminated
 from expflow.outcome import RunResult
 from expflow.package import SavePackage, Status, utc_now
 from expflow.paths import WRITE_ONLY_ERRNOS, WriteError, write_error
-
-
-class Terminated(BaseException):
-    """SIGTERM (a scheduler's cancel, or the launcher died) while a run was executing."""
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Terminated(f"terminated by signal {signum}")
 
 
 # -- one rank ---------------------------------------------------------------------
@@ -61,19 +54,21 @@ def execute(pkg: SavePackage, *, resume: str | int | None = None) -> RunResult:
     ``resume``: None starts from scratch; ``"latest"`` or a step continues from that
     checkpoint (from scratch when the package has none yet).
     """
-    import signal
-
     from expflow.distributed import DistEnv
     from expflow.runlog import RankLogs
 
     env = DistEnv.from_env()
+    stop = StopRequest()
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        stop.install()  # SIGUSR1 / SIGTERM: checkpoint at the step, then stop (expflow.interrupt)
     with RankLogs(pkg.logs_dir, env.rank) as logs:
         try:
-            return _execute(pkg, resume, env, logs)
+            return _execute(pkg, resume, env, logs, stop)
         except RunCrashed:
             raise
+        except Interrupted as e:
+            raise RunCrashed(f"run {pkg.run_id} interrupted: {e} (continue it with `expflow continue {pkg.path}`; "
+                             "a workflow retry does)") from None
         except WriteError as e:
             raise write_error(e, hint=_write_hint(pkg, e)) from None
         except ExpflowError:
@@ -94,7 +89,7 @@ def execute(pkg: SavePackage, *, resume: str | int | None = None) -> RunResult:
             ) from None
 
 
-def _execute(pkg: SavePackage, resume: str | int | None, env: Any, logs: Any) -> RunResult:
+def _execute(pkg: SavePackage, resume: str | int | None, env: Any, logs: Any, stop: StopRequest) -> RunResult:
     import torch
 
     from expflow import distributed
@@ -126,7 +121,7 @@ def _execute(pkg: SavePackage, resume: str | int | None, env: Any, logs: Any) ->
         if cfg.trainer.threads:
             torch.set_num_threads(int(cfg.trainer.threads))
         seed_everything(int(cfg.seed), bool(cfg.trainer.deterministic), cuda=device.type == "cuda")
-        run = Loop(pkg, cfg, env, device, writer, logs, heartbeat)
+        run = Loop(pkg, cfg, env, device, writer, logs, heartbeat, stop=stop)
         tracker = run.tracker
         if resume is not None:
             run.restore(checkpoint)
@@ -145,10 +140,15 @@ def _execute(pkg: SavePackage, resume: str | int | None, env: Any, logs: Any) ->
         failed = True
         if main:
             try:
-                pkg.set_status(
-                    Status.CRASHED,
-                    error={"type": e.__class__.__name__, "message": str(e)[:2000], "log": str(logs.err_path)},
-                )
+                if isinstance(e, Interrupted):  # checkpointed at e.step: the reason, for status and retries
+                    stopped = {"reason": e.reason, "signal": e.signame, "step": e.step, "time": utc_now()}
+                    pkg.set_status(Status.CRASHED, error={"type": e.reason, "message": str(e), "log": str(logs.err_path)})
+                    pkg.update_manifest(lambda m: (m.get("attempts") or [{}])[-1].update(stopped=stopped))
+                else:
+                    pkg.set_status(
+                        Status.CRASHED,
+                        error={"type": e.__class__.__name__, "message": str(e)[:2000], "log": str(logs.err_path)},
+                    )
             except Exception:
                 pass
             if tracker is not None:

@@ -347,6 +347,12 @@ class CharLMRunner(Runner):
         self._sums += torch.stack([loss_sum.detach(), tokens]).to(torch.float64)
         return {"train/loss": loss.detach(), "train/lr": self.optimizer.param_groups[0]["lr"]}
 
+    def epoch_state(self) -> dict[str, Any]:
+        return {"sums": self._sums.clone()}
+
+    def load_epoch_state(self, state: dict[str, Any]) -> None:
+        self._sums.copy_(state["sums"].to(self._sums.device))
+
     def end_epoch(self, state: TrainState) -> dict[str, Any]:
         if self.scheduler is not None and not self.scheduler_per_step:
             self.scheduler.step()

@@ -4,6 +4,11 @@
 - slow: every ``slow_every``-th checkpoint (by save number), the latest ``slow_keep`` of them;
 - persistent: those the lifecycle asked to hold (the latest ``persistent_keep``, or all).
 
+A checkpoint written when a run stops on a signal, mid-epoch, is *interim*: it holds the
+number of the next regular checkpoint, in the fast track alone, until that checkpoint
+replaces it; so a run stopped and continued keeps exactly the tracks of one that never
+stopped.
+
 A checkpoint file is deleted only when every track has dropped it. The index
 (``checkpoints/index.json``) is replaced atomically after the checkpoint file is
 durable, so a run killed at any moment leaves an index whose every entry is complete.
@@ -70,7 +75,8 @@ class CheckpointStore:
                                           error=CheckpointError, missing=None)
         if index is None:
             return _empty_index()
-        top = max((int(k) for k in index["checkpoints"]), default=0)
+        # an interim checkpoint takes the next regular one's number (next_number itself)
+        top = max((int(k) for k, c in index["checkpoints"].items() if not c.get("interim")), default=0)
         if index["next_number"] <= top:
             raise CheckpointError(f"{self.index_path}: invalid checkpoint index: key 'next_number': expected more than "
                                   f"every checkpoint number (up to {top}), got {index['next_number']}")
@@ -123,8 +129,10 @@ class CheckpointStore:
         return state
 
     # -- writing ---------------------------------------------------------------
-    def save(self, state: dict[str, Any], step: int, epoch: int, hold: bool = False) -> CheckpointInfo:
-        """Write a checkpoint durably, enter it in the tracks, and delete what every track dropped."""
+    def save(self, state: dict[str, Any], step: int, epoch: int, hold: bool = False,
+             interim: bool = False) -> CheckpointInfo:
+        """Write a checkpoint durably, enter it in the tracks, and delete what every track
+        dropped. ``interim``: a stop's checkpoint (see the module's doc)."""
         import torch
 
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -142,9 +150,15 @@ class CheckpointStore:
             "file": fname,
             "sha256": hashlib.sha256(data).hexdigest(),
             "time": time.time(),
+            **({"interim": True} if interim else {}),
         }
-        index["next_number"] = number + 1
-        self._enter_tracks(index, number, hold)
+        for t in TRACKS:  # an interim checkpoint of this number, replaced (or a second interim)
+            index["tracks"][t] = [n for n in index["tracks"][t] if n != number]
+        if interim:
+            index["tracks"]["fast"].append(number)  # kept whatever fast_keep, dropping nothing
+        else:
+            index["next_number"] = number + 1
+            self._enter_tracks(index, number, hold)
         self._commit(index)
         for c in self.list():
             if c.number == number:
@@ -174,7 +188,7 @@ class CheckpointStore:
         index["checkpoints"] = keep
         for t in TRACKS:
             index["tracks"][t] = [n for n in index["tracks"][t] if str(n) in keep]
-        index["next_number"] = max((int(k) for k in keep), default=0) + 1
+        index["next_number"] = max((int(k) for k, c in keep.items() if not c.get("interim")), default=0) + 1
         self._commit(index)
 
     def _commit(self, index: dict[str, Any]) -> None:

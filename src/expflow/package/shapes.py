@@ -291,7 +291,7 @@ MANIFEST = Obj(
 
 CHECKPOINT_ENTRY = Obj(
     {"step": COUNT, "epoch": COUNT, "file": Pattern("a file name step-<digits>.pt", r"step-\d+\.pt"),
-     "sha256": SHA256, "time": NUMBER},
+     "sha256": SHA256, "time": NUMBER, "interim": BOOL},
     required=("step", "epoch", "file", "sha256", "time"),
 )
 

@@ -198,6 +198,16 @@ class Runner:
     def validate(self, state: TrainState) -> dict[str, Any]:
         return {}
 
+    def epoch_state(self) -> dict[str, Any]:
+        """What ``train_step`` has accumulated in the current epoch (e.g. the sums behind an
+        epoch-mean metric), for a checkpoint taken mid-epoch (a stop on a time-limit or
+        preemption signal); ``load_epoch_state`` puts it back after ``train_data`` of that
+        epoch is called again. Default: nothing."""
+        return {}
+
+    def load_epoch_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`epoch_state` (the default keeps nothing)."""
+
     def visualize(self, state: TrainState) -> None:
         return None
 

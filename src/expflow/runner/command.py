@@ -396,7 +396,7 @@ def _wait(proc: subprocess.Popen[bytes], spec: CommandSpec, ingest: Any, trial: 
     """Wait for the program, reading its tracker files every ``ingest_every_s`` seconds, and
     forward SIGTERM/SIGINT to its process group; a search trial the pruner stops gets SIGTERM
     (then SIGKILL after ``stop_grace_s``). Returns its exit code (negative: a signal)."""
-    from expflow.rank import Terminated
+    from expflow.interrupt import Terminated
 
     received: list[int] = []
 

@@ -84,6 +84,17 @@ class SupervisedRunner(Runner):
             self._loss_sum.add_(torch.stack(self._pending).to(self._loss_sum.dtype) @ weights)
             self._pending, self._weights = [], []
 
+    def epoch_state(self) -> dict[str, Any]:
+        # as they are (not folded): the epoch's loss then sums in the same order as without a stop
+        return {"loss_sum": self._loss_sum.clone(), "pending": list(self._pending), "weights": list(self._weights),
+                "count": self._count}
+
+    def load_epoch_state(self, state: dict[str, Any]) -> None:
+        device = self._loss_sum.device
+        self._loss_sum.copy_(state["loss_sum"].to(device))
+        self._pending = [t.to(device) for t in state["pending"]]
+        self._weights, self._count = list(state["weights"]), int(state["count"])
+
     def end_epoch(self, state: TrainState) -> dict[str, Any]:
         if self.scheduler is not None and not self.scheduler_per_step:
             self.scheduler.step()
