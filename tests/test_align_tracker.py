@@ -147,8 +147,8 @@ def test_an_offline_experiment_is_the_run_swanlab_itself_writes(tmp_path, monkey
     import numpy as np
     import pandas as pd
 
-    from expflow.align.tracker import _log_experiment
     from expflow.align.spec import TargetSpec
+    from expflow.align.tracker import _log_experiment
     from expflow.sync.swanlab_sdk import upload_run
 
     from .swanlab_standin import StandinSwanLab
