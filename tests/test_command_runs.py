@@ -209,6 +209,35 @@ def test_sigkill_shows_crashed_and_continue_resumes_from_the_last_checkpoint(tmp
     assert points(SavePackage.open(proj / "runs" / "fresh")) == points(pkg)
 
 
+def test_a_time_limit_warning_reaches_a_program_that_declares_it_and_continue_finishes_it(tmp_path):
+    """`runner.stop_signal: SIGUSR1` (the scaffold's script checkpoints and exits on it): a
+    SIGUSR1 to expflow (what Slurm sends before the time limit) is passed on; the run is
+    CRASHED with reason TIMEOUT at the program's checkpoint step, and `expflow continue`
+    finishes it equal to an uninterrupted run."""
+    proj = make_project(tmp_path)
+    overrides = ["trainer.progress=plain", "runner.argv=[python,train.py,--steps,4000,--save-every,500]",
+                 "run_id=warned"]
+    proc = subprocess.Popen([sys.executable, "-m", "expflow.train", *overrides], cwd=proj, env=env_for(proj),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ckdir = proj / "runs" / "warned" / "checkpoints" / "program"
+    wait_for(lambda: ckdir.is_dir() and any(ckdir.glob("step_*.pt")), 120, "a program checkpoint")
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "interrupted: TIMEOUT (SIGUSR1)" in err, err[-2000:]
+    pkg = SavePackage.open(proj / "runs" / "warned")
+    m = pkg.manifest()
+    stopped = m["attempts"][-1]["stopped"]
+    last = max(int(p.stem.split("_")[1]) for p in ckdir.glob("step_*.pt"))
+    assert pkg.status() is Status.CRASHED and m["error"]["type"] == "TIMEOUT"
+    assert (stopped["reason"], stopped["signal"], stopped["step"]) == ("TIMEOUT", "SIGUSR1", last) and last < 4000
+    cont = cli(proj, "continue", str(pkg.path))
+    assert cont.returncode == 0, cont.stdout[-2000:] + cont.stderr[-2000:]
+    assert pkg.status() is Status.COMPLETED
+    fresh = train(proj, *overrides[:-1], "run_id=fresh")
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert points(SavePackage.open(proj / "runs" / "fresh")) == points(pkg)
+
+
 TORCHRUN_CHILD = '''
 import os
 import signal

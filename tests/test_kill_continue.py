@@ -192,3 +192,7 @@ def test_a_stop_signal_checkpoints_at_its_step_and_continues_bit_identically(tmp
     assert pkg.checkpoints().files_on_disk() == EXPECTED_FILES
     kinds = [(a["kind"], (a.get("stopped") or {}).get("step")) for a in pkg.manifest()["attempts"]]
     assert kinds == [("train", 30), ("continue", 80), ("continue", None)]
+    from expflow.status_board import Board
+
+    (row,) = [r for r in Board(runs).rows() if r.run_id == "stopped"]
+    assert row.stops == {reason: 2} and row.note == f"requeued 2x ({reason} 2)"

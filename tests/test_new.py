@@ -84,7 +84,8 @@ def test_scaffold_edits_keep_every_comment_and_change_only_what_they_set(tmp_pat
             "- _target_: expflow.examples.regression.QuadraticMLP", "+ _target_: proj.regression.QuadraticMLP"]
     if example == "command":
         assert changed["runner/command.yaml"] == [
-            "+ ", '+ argv: [python, train.py, --lr, "${optim.lr}"]', '+ resume_argv: [--resume, "${expflow:checkpoint}"]']
+            "+ ", '+ argv: [python, train.py, --lr, "${optim.lr}"]', '+ resume_argv: [--resume, "${expflow:checkpoint}"]',
+            "+ stop_signal: SIGUSR1"]
         assert changed["config.yaml"] == ["-   - model: mlp", "-   - dataset: digits", "-   - runner: supervised",
                                           "+   - runner: command"]
     for rel in ("checkpoint/default.yaml", "gpu/default.yaml", "tracker/swanlab.yaml"):

@@ -360,3 +360,23 @@ def test_reruns_live_apart_and_are_listed_as_reruns_of_their_run(tmp_path):
     assert out.returncode == 0, out.stderr
     listed = {r["run_id"]: r for r in json.loads(out.stdout)}
     assert listed["abc-2"]["rerun_of"] == "abc"
+
+
+def test_status_shows_runs_stopped_on_a_signal_and_how_often_they_were_requeued(tmp_path):
+    """A run stopped on TIMEOUT (checkpointed) says so and that a retry continues it; once it
+    runs again, or has completed, status counts its stops by reason."""
+    runs = tmp_path / "runs"
+    pkg = fake_package(runs, "r1", points=[(1, {"val/acc": 0.5})])
+    stops = [{"reason": "TIMEOUT", "signal": "SIGUSR1", "step": 30}, {"reason": "PREEMPTED", "signal": "SIGTERM", "step": 80}]
+    pkg.update_manifest(lambda m: m.update(attempts=[{"kind": "train", "stopped": stops[0]}]))
+    pkg.set_status(Status.CRASHED, error={"type": "TIMEOUT", "message": "TIMEOUT (SIGUSR1): stopped at step 30"})
+    (row,) = Board(runs).rows()
+    assert row.stops == {"TIMEOUT": 1}
+    assert row.note == "stopped on TIMEOUT at step 30, checkpointed (a retry continues)"
+    pkg.update_manifest(lambda m: m.update(attempts=[{"kind": "train", "stopped": stops[0]},
+                                                     {"kind": "continue", "stopped": stops[1]}, {"kind": "continue"}]))
+    pkg.set_status(Status.COMPLETED)
+    (row,) = Board(runs).rows()
+    assert row.stops == {"TIMEOUT": 1, "PREEMPTED": 1} and row.note == "requeued 2x (TIMEOUT 1, PREEMPTED 1)"
+    out = run_cli("status", "--runs", str(runs))
+    assert out.returncode == 0 and "requeued 2x" in out.stdout.replace("\n", " "), out.stdout

@@ -95,7 +95,8 @@ SCHEMA = REPO / "workflows" / "schemas" / "workflow.schema.yaml"
 def test_workflow_config_defaults_are_filled():
     config = {"sweep": "seed=1", "train": {"retries": 0}}
     validate_workflow_config(config, SCHEMA)
-    assert config["train"] == {"retries": 0, "threads": 1, "mem_mb": 2000, "runtime": 60, "estimate": None}
+    assert config["train"] == {"retries": 0, "threads": 1, "mem_mb": 2000, "runtime": 60, "signal_s": 60,
+                               "estimate": None}
     assert config["align"] == {"enabled": False, "spec": "conf/align/workflow.yaml", "out": None, "strict": False}
     assert config["runs_dir"] == "runs" and config["sync"]["target"] is None
 
@@ -234,3 +235,15 @@ def test_stale_snakemake_lock_is_removed_only_when_its_holder_died(tmp_path):
     owners.write_text("{damaged")
     (locks / "0.input.lock").write_text("x")
     assert clear_stale_lock(tmp_path / ".snakemake", owners) is None  # unreadable record: the lock stays
+
+
+def test_train_jobs_ask_for_a_warning_before_their_time_limit():
+    """train.signal_s becomes the train rule's --signal=USR1@<s> on a cluster (the steps, not
+    the batch shell: that is Snakemake's); null asks for none."""
+    from expflow.workflow import train_signal
+
+    config = {"sweep": "seed=1", "train": {}}
+    validate_workflow_config(config, SCHEMA)
+    assert train_signal(config) == {"slurm_extra": "--signal=USR1@60"}
+    assert train_signal({"train": {"signal_s": 20}}) == {"slurm_extra": "--signal=USR1@20"}
+    assert train_signal({"train": {"signal_s": None}}) == {}

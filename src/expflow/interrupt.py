@@ -68,11 +68,7 @@ class StopRequest:
         return signal.Signals(self.signum).name if self.signum is not None else ""
 
     def reason(self) -> str:
-        """TIMEOUT for the time limit's warning; for SIGTERM, what Slurm says of the job
-        (PREEMPTED, TIMEOUT, CANCELLED), else CANCELLED."""
-        if self.signum == signal.SIGUSR1:
-            return TIMEOUT
-        return slurm_job_state(os.environ.get("SLURM_JOB_ID")) or CANCELLED
+        return reason_for(self.signum)
 
 
 _INSTALLED: StopRequest | None = None
@@ -83,6 +79,14 @@ def requested() -> bool:
     ``validate`` or ``end_epoch`` may check it to cut its work short; the loop stops at the
     next step either way."""
     return _INSTALLED is not None and _INSTALLED.requested
+
+
+def reason_for(signum: int | None) -> str:
+    """TIMEOUT for the time limit's warning (SIGUSR1); for SIGTERM, what Slurm says of the
+    job (PREEMPTED, TIMEOUT, CANCELLED), else CANCELLED."""
+    if signum == signal.SIGUSR1:
+        return TIMEOUT
+    return slurm_job_state(os.environ.get("SLURM_JOB_ID")) or CANCELLED
 
 
 def slurm_job_state(job_id: str | None) -> str | None:

@@ -43,6 +43,7 @@ class Example:
     script: str | None = None
     argv: str | None = None
     resume_argv: str | None = None
+    stop_signal: str | None = None  # the signal the script checkpoints and exits on
 
 
 EXAMPLES = {
@@ -52,7 +53,7 @@ EXAMPLES = {
                           ("learning_curves", "regression_fit"), ("regression_fit",)),
     "command": Example("command_train", None, "optim.lr=1e-2,3e-2 seed=range(2)", ("learning_curves",), (),
                        script="command_train", argv='[python, train.py, --lr, "${optim.lr}"]',
-                       resume_argv='[--resume, "${expflow:checkpoint}"]'),
+                       resume_argv='[--resume, "${expflow:checkpoint}"]', stop_signal="SIGUSR1"),
 }
 
 
@@ -284,6 +285,8 @@ def write_command_conf(dest: Path, example: Example) -> None:
     runner = load_yaml(runner_path)
     set_node(runner, ["argv"], parse_yaml(str(example.argv)), str(runner_path))
     set_node(runner, ["resume_argv"], parse_yaml(str(example.resume_argv)), str(runner_path))
+    if example.stop_signal:
+        set_node(runner, ["stop_signal"], example.stop_signal, str(runner_path))
     dump_yaml(runner, runner_path)
     _finish_conf(dest, example)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -56,6 +57,8 @@ class RunRow:
     attempts: int = 0
     cpu_fallback: bool = False  # it asked for GPUs, none was available, and it trained on the CPU
     rerun_of: str | None = None  # the run it reran (`expflow rerun`)
+    # attempts that stopped on a signal and were continued (or wait to be), by reason
+    stops: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,6 +163,7 @@ class Board:
             attempts=len(m.get("attempts") or []),
             cpu_fallback=cpu_fallback(m.get("device"), m.get("gpus"), cfg["gpu_count"], cfg["trainer_device"]),
             rerun_of=str(origin["rerun_of"]) if origin.get("rerun_of") else None,
+            stops=dict(Counter(str(x["reason"]) for x in _stops(m))),
         )
 
 
@@ -220,7 +224,29 @@ def _devices(m: dict[str, Any]) -> str:
     return " · ".join(parts) or "-"
 
 
+def _stops(m: dict[str, Any]) -> list[dict[str, Any]]:
+    """The attempts' stops on a signal (TIMEOUT, PREEMPTED, CANCELLED), in order."""
+    attempts = m.get("attempts") if isinstance(m.get("attempts"), list) else []
+    return [a["stopped"] for a in attempts if isinstance(a, dict) and isinstance(a.get("stopped"), dict)
+            and a["stopped"].get("reason")]
+
+
 def _note(status: str, m: dict[str, Any]) -> str:
+    stops = _stops(m)
+    counts = ", ".join(f"{reason} {n}" for reason, n in Counter(str(x["reason"]) for x in stops).items())
+    attempts = m.get("attempts") if isinstance(m.get("attempts"), list) else []
+    last_stop = attempts[-1].get("stopped") if attempts and isinstance(attempts[-1], dict) else None
+    if status == "CRASHED" and isinstance(last_stop, dict) and m.get("status") == "CRASHED":
+        where = f"stopped on {last_stop.get('reason')} at step {last_stop.get('step')}, checkpointed (a retry continues)"
+        return where + (f"; stops so far: {counts}" if len(stops) > 1 else "")
+    note = _plain_note(status, m)
+    if stops:
+        requeued = f"requeued {len(stops)}x ({counts})"
+        note = f"{requeued}; {note}" if note else requeued
+    return note
+
+
+def _plain_note(status: str, m: dict[str, Any]) -> str:
     last = (m.get("status_history") or [{}])[-1]
     if status == "QUEUED":
         return str(last.get("note") or "not started")

@@ -57,6 +57,15 @@ def cluster_resources(config: dict[str, Any], environ: dict[str, str] | None = N
     return out
 
 
+def train_signal(config: dict[str, Any]) -> dict[str, str]:
+    """The train rule's request for a warning before its time limit (``train.signal_s``):
+    Slurm sends SIGUSR1 to the job's steps that long before it, and the run checkpoints at
+    its step and stops (expflow.interrupt); the retry continues there. Not ``B:``: the batch
+    shell is Snakemake's, the training runs in a step."""
+    seconds = (config.get("train") or {}).get("signal_s")
+    return {"slurm_extra": f"--signal=USR1@{int(seconds)}"} if seconds else {}
+
+
 def plan_workflow(config: dict[str, Any], *, families: bool = False,
                   cache: str | os.PathLike[str] | None = None) -> dict[str, RunSpec]:
     """Every run of the workflow config, by id. ``families``: also each run's family id

@@ -15,9 +15,11 @@ rule train:
         gpu=GPU_RESOURCE,
         mem_mb=config["train"]["mem_mb"],
         runtime=config["train"]["runtime"],
-        **CLUSTER,
+        **TRAIN_CLUSTER,
     retries: TRAIN_RETRIES
     conda:
         "../envs/expflow.yaml"
     shell:
-        'expflow run "$(dirname {input.config})" >> {log} 2>&1' + on_failure("train") + "; touch {output.done}"
+        # The shell ignores SIGUSR1 (a time limit's warning would end it); expflow handles it.
+        "trap '' USR1; " + 'expflow run "$(dirname {input.config})" >> {log} 2>&1' + on_failure("train")
+        + "; touch {output.done}"

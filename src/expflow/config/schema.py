@@ -188,6 +188,9 @@ class CommandRunnerConfig:
     ingest_every_s: float = 2.0
     seed_python: bool = True  # seed random/NumPy/torch in every Python process of the command
     stop_grace_s: float = 10.0  # after forwarding SIGTERM/SIGINT, seconds before SIGKILL
+    # The signal on which the program checkpoints and exits (e.g. SIGUSR1): a time limit's
+    # warning, a preemption or a cancel is passed on as it; null: SIGTERM as it comes, no warning
+    stop_signal: str | None = None
 
 
 @dataclass

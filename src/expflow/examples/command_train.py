@@ -7,7 +7,9 @@ outside expflow:
 
 - ``expflow.log(metrics, step)`` records metrics into the package (a no-op elsewhere);
 - checkpoints go to ``$EXPFLOW_CHECKPOINT_DIR`` (named with their step), and ``--resume PATH``
-  continues from one, so ``expflow continue`` can resume it (``runner.resume_argv``).
+  continues from one, so ``expflow continue`` can resume it (``runner.resume_argv``);
+- on SIGUSR1 it checkpoints at the step it is in and exits: a cluster job warned of its time
+  limit loses at most a step (``runner.stop_signal: SIGUSR1`` tells expflow to pass it on).
 
 The task is seed 004's regression: fit ``(2x - 1)^2`` on ``[0, 1]`` with a small MLP.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from pathlib import Path
 
 import torch
@@ -49,6 +52,16 @@ def main() -> None:
     def target(x: torch.Tensor) -> torch.Tensor:
         return (2 * x - 1) ** 2
 
+    stop: list[int] = []
+    signal.signal(signal.SIGUSR1, lambda signum, frame: stop.append(signum))  # checkpoint, then exit
+
+    def save(step: int) -> None:
+        path = checkpoints / f"step_{step:06d}.pt"
+        tmp = path.with_name(path.name + ".tmp")  # written whole, then renamed
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "rng": torch.get_rng_state(), "step": step}, tmp)
+        os.replace(tmp, path)
+
     for step in range(start, args.steps):
         x = torch.rand(args.batch_size, 1)
         loss = nn.functional.mse_loss(model(x), target(x))
@@ -57,12 +70,11 @@ def main() -> None:
         optimizer.step()
         if (step + 1) % 10 == 0:
             expflow.log({"train/loss": loss.item()}, step=step + 1)
-        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-            path = checkpoints / f"step_{step + 1:06d}.pt"
-            tmp = path.with_name(path.name + ".tmp")  # written whole, then renamed
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "rng": torch.get_rng_state(), "step": step + 1}, tmp)
-            os.replace(tmp, path)
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps or stop:
+            save(step + 1)
+        if stop and step + 1 < args.steps:
+            print(f"stopped at step {step + 1} on signal {stop[0]}, checkpointed")
+            return
     with torch.no_grad():
         x = torch.linspace(0, 1, 101).unsqueeze(1)
         val = nn.functional.mse_loss(model(x), target(x)).item()

@@ -18,6 +18,10 @@ stdout and stderr go to the terminal and to ``logs/rank0.out`` / ``logs/rank0.er
 status, heartbeat and CRASHED detection are those of any run (this process beats the
 heartbeat). SIGTERM and SIGINT (Ctrl-C) are forwarded to the program's whole process group
 (torchrun's workers included); after ``runner.stop_grace_s`` seconds the group is killed.
+A program that checkpoints on a signal declares it, ``runner.stop_signal`` (e.g. SIGUSR1): a
+time limit's warning (SIGUSR1) or a preemption or cancel (SIGTERM) is then passed on as that
+signal, and once the program has exited the run is CRASHED with the reason (TIMEOUT,
+PREEMPTED, CANCELLED), for a retry to continue it with ``runner.resume_argv``.
 
 Continue: with a ``runner.resume_argv`` (``[--resume, "${expflow:checkpoint}"]``) and a
 checkpoint in the checkpoint directory, the program is restarted with those arguments and the
@@ -51,10 +55,12 @@ class CommandRunner:
 
     def __init__(self, argv: list[str], resume_argv: list[str] | None = None, cwd: str = ".",
                  env: dict[str, str] | None = None, ingest: list[Any] | None = None,
-                 ingest_every_s: float = 2.0, seed_python: bool = True, stop_grace_s: float = 10.0):
+                 ingest_every_s: float = 2.0, seed_python: bool = True, stop_grace_s: float = 10.0,
+                 stop_signal: str | None = None):
         self.spec = CommandSpec(list(argv), list(resume_argv or []), cwd, dict(env or {}),
                                 list(ingest) if ingest is not None else None,
-                                float(ingest_every_s), bool(seed_python), float(stop_grace_s))
+                                float(ingest_every_s), bool(seed_python), float(stop_grace_s),
+                                _signal(stop_signal, "runner.stop_signal"))
 
     def build(self, ctx: Any) -> None:
         raise ConfigError("runner=command runs a program, not a training step: run it with "
@@ -73,6 +79,7 @@ class CommandSpec:
     ingest_every_s: float
     seed_python: bool
     stop_grace_s: float
+    stop_signal: int | None = None  # what tells the program to checkpoint and exit
 
     @classmethod
     def from_config(cls, cfg: Any, where: str) -> CommandSpec:
@@ -105,7 +112,19 @@ class CommandSpec:
             ingest_every_s=float(node.get("ingest_every_s") or 2.0),
             seed_python=bool(node.get("seed_python", True)),
             stop_grace_s=float(node.get("stop_grace_s", 10.0)),
+            stop_signal=_signal(node.get("stop_signal"), f"{where}: runner.stop_signal"),
         )
+
+
+def _signal(name: Any, where: str) -> int | None:
+    """A signal named like SIGUSR1 (or USR1), as its number; None for none."""
+    if name is None or name == "":
+        return None
+    text = str(name).upper()
+    try:
+        return int(signal.Signals[text if text.startswith("SIG") else f"SIG{text}"])
+    except KeyError:
+        raise ConfigError(f"{where}: {name!r} is not a signal; e.g. SIGUSR1, SIGUSR2, SIGTERM, SIGINT") from None
 
 
 def program_checkpoint_dir(pkg: SavePackage) -> Path:
@@ -356,6 +375,21 @@ def _supervise(pkg: SavePackage, cfg: Any, spec: CommandSpec, resume: str | int 
         error = RunCrashed(f"run {pkg.run_id} crashed: {message} (logs in {pkg.logs_dir})")
         raise error
     except BaseException as e:
+        from expflow.interrupt import Interrupted
+
+        if isinstance(e, Interrupted):  # told to stop, and it did: a retry continues it
+            saved = [st for _, st in program_checkpoints(pkg) if st is not None]
+            step = saved[-1] if saved else _last_step(pkg)  # where a continue resumes
+            stopped = {"reason": e.reason, "signal": e.signame, "step": step, "time": utc_now()}
+            message = f"{e.reason} ({e.signame}): the command was told and stopped at step {step}"
+            try:
+                pkg.set_status(Status.CRASHED, progress={"step": step},
+                               error={"type": e.reason, "message": message, "log": str(logs.err_path)})
+                pkg.update_manifest(lambda m: (m.get("attempts") or [{}])[-1].update(stopped=stopped))
+            except Exception:
+                pass
+            raise RunCrashed(f"run {pkg.run_id} interrupted: {message} (continue it with "
+                             f"`expflow continue {pkg.path}`; a workflow retry does)") from None
         if not isinstance(e, RunCrashed):
             if proc is not None and proc.poll() is None:
                 _stop_group(proc, signal.SIGTERM, spec.stop_grace_s)
@@ -396,19 +430,26 @@ def _wait(proc: subprocess.Popen[bytes], spec: CommandSpec, ingest: Any, trial: 
     """Wait for the program, reading its tracker files every ``ingest_every_s`` seconds, and
     forward SIGTERM/SIGINT to its process group; a search trial the pruner stops gets SIGTERM
     (then SIGKILL after ``stop_grace_s``). Returns its exit code (negative: a signal)."""
-    from expflow.interrupt import Terminated
+    from expflow.interrupt import Interrupted, Terminated, reason_for
 
     received: list[int] = []
 
     def forward(signum: int, frame: Any) -> None:
+        first_stop = not any(s in (signal.SIGUSR1, signal.SIGTERM) for s in received)
         received.append(signum)
+        sent = signum
+        if signum in (signal.SIGUSR1, signal.SIGTERM) and first_stop and spec.stop_signal is not None:
+            sent = spec.stop_signal  # the program's own way to be told
+        elif signum == signal.SIGUSR1:
+            return  # a time limit's warning, and the program declared no way to be told
         try:
-            os.killpg(proc.pid, signum)
+            os.killpg(proc.pid, sent)
         except ProcessLookupError:
             pass
 
     main = threading.current_thread() is threading.main_thread()
-    saved = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    watched = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+    saved = {s: signal.signal(s, forward) for s in watched} if main else {}
     try:
         deadline: float | None = None
         while True:
@@ -423,7 +464,7 @@ def _wait(proc: subprocess.Popen[bytes], spec: CommandSpec, ingest: Any, trial: 
                 except ProcessLookupError:
                     pass
                 deadline = time.monotonic() + spec.stop_grace_s
-            if received and deadline is None:
+            if deadline is None and any(s != signal.SIGUSR1 for s in received):  # a warning has no deadline
                 deadline = time.monotonic() + spec.stop_grace_s
             if deadline is not None and time.monotonic() > deadline:
                 _kill_group(proc)
@@ -435,11 +476,13 @@ def _wait(proc: subprocess.Popen[bytes], spec: CommandSpec, ingest: Any, trial: 
         for s, h in saved.items():
             signal.signal(s, h)
     _kill_group(proc)  # what the program left running in its group (a daemon, a stuck worker)
+    stops = [s for s in received if s == signal.SIGTERM or (s == signal.SIGUSR1 and spec.stop_signal is not None)]
+    if stops:  # told to stop: it exited (checkpointed, if it can); the step is the caller's to find
+        raise Interrupted(reason_for(stops[0]), -1, signal.Signals(stops[0]).name)
+    if received and received[0] == signal.SIGINT:
+        raise KeyboardInterrupt(f"SIGINT, forwarded to the command (exit {code})")
     if received:
-        name = signal.Signals(received[0]).name
-        if received[0] == signal.SIGINT:
-            raise KeyboardInterrupt(f"{name}, forwarded to the command (exit {code})")
-        raise Terminated(f"{name}, forwarded to the command (exit {code})")
+        raise Terminated(f"{signal.Signals(received[0]).name}, forwarded to the command (exit {code})")
     return code
 
 
