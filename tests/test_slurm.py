@@ -154,3 +154,41 @@ def test_failure_is_reported_and_a_retry_continues(slurm, tmp_path):
     shown = run_cli("show", str(failed.path))
     assert "CRASHED" in shown.stdout and "ValueError" in shown.stdout and "momentum" in shown.stdout
 
+
+
+def test_a_time_limit_warning_stops_the_run_and_the_resubmitted_job_continues_it(slurm, tmp_path):
+    """A 1-minute time limit with the warning 55 s before it (train.signal_s): Slurm sends
+    SIGUSR1 to the job's step, the run checkpoints at the step it is in and stops (TIMEOUT),
+    the job fails, Snakemake resubmits it and the new job continues from that step, until the
+    run completes; its metrics equal an uninterrupted run's, sacct shows one job per attempt
+    and the manifest each stop with its reason and step."""
+    overrides = ["trainer.max_epochs=700", "trainer.log_every_n_steps=1", "gpu.count=1", "seed=3"]
+    wf = workflow([""], overrides, retries=6)
+    wf["train"].update(runtime=1, signal_s=55)
+    proj = make_project(tmp_path, wf)
+    # The uninterrupted reference, trained meanwhile on the other core.
+    reference = subprocess.Popen(
+        [sys.executable, "-m", "expflow.train", "trainer=debug", "trainer.threads=1", *overrides, "gpu=cpu",
+         f"paths.runs={tmp_path / 'reference'}", "run_id=reference", "trainer.progress=none"],
+        cwd=proj, env=dict(os.environ, PYTHONPATH=str(proj / "src")), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    proc = run_on_slurm(proj, tmp_path)
+    assert reference.wait(timeout=600) == 0, reference.stderr.read()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (pkg,) = packages(proj).values()
+    m = pkg.manifest()
+    assert pkg.status() is Status.COMPLETED
+    attempts = m["attempts"]
+    stops = [a["stopped"] for a in attempts if a.get("stopped")]
+    assert stops, "the run finished before Slurm's warning"
+    assert all((s["reason"], s["signal"]) == ("TIMEOUT", "SIGUSR1") for s in stops), stops
+    # Each stop's checkpoint is where the next attempt continued.
+    assert [a.get("from_step") for a in attempts[1:]] == [s["step"] for s in stops]
+    jobs = m["scheduler_jobs"]
+    assert len(jobs) == len(attempts) and len({j["job_id"] for j in jobs}) == len(jobs)
+    assert [sacct_state(j["job_id"]) for j in jobs] == ["FAILED"] * len(stops) + ["COMPLETED"]
+    values = lambda p: [(r["step"], r["values"]) for r in effective_metrics(p.scan_records().records)]  # noqa: E731
+    assert values(pkg) == values(SavePackage.open(tmp_path / "reference" / "reference"))
+    board = run_cli("status", "--runs", str(proj / "runs"), "--json")
+    (row,) = json.loads(board.stdout)
+    assert row["stops"] == {"TIMEOUT": len(stops)}
