@@ -157,14 +157,14 @@ def test_failure_is_reported_and_a_retry_continues(slurm, tmp_path):
 
 
 def test_a_time_limit_warning_stops_the_run_and_the_resubmitted_job_continues_it(slurm, tmp_path):
-    """A 1-minute time limit with the warning 55 s before it (train.signal_s): Slurm sends
-    SIGUSR1 to the job's step, the run checkpoints at the step it is in and stops (TIMEOUT),
-    the job fails, Snakemake resubmits it and the new job continues from that step, until the
-    run completes; its metrics equal an uninterrupted run's, sacct shows one job per attempt
-    and the manifest each stop with its reason and step."""
+    """A 1-minute time limit with the warning 30 s before it (train.signal_s): the run, in
+    its Slurm job, warns itself (SIGUSR1) then, checkpoints at the step it is in and stops
+    (TIMEOUT); the job fails, Snakemake resubmits it and the new job continues from that step
+    until the run completes. Its metrics equal an uninterrupted run's, sacct shows one job per
+    attempt and the manifest each stop with its reason and step."""
     overrides = ["trainer.max_epochs=700", "trainer.log_every_n_steps=1", "gpu.count=1", "seed=3"]
     wf = workflow([""], overrides, retries=6)
-    wf["train"].update(runtime=1, signal_s=55)
+    wf["train"].update(runtime=1, signal_s=30)
     proj = make_project(tmp_path, wf)
     # The uninterrupted reference, trained meanwhile on the other core.
     reference = subprocess.Popen(

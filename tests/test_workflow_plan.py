@@ -238,12 +238,44 @@ def test_stale_snakemake_lock_is_removed_only_when_its_holder_died(tmp_path):
 
 
 def test_train_jobs_ask_for_a_warning_before_their_time_limit():
-    """train.signal_s becomes the train rule's --signal=USR1@<s> on a cluster (the steps, not
-    the batch shell: that is Snakemake's); null asks for none."""
+    """train.signal_s becomes the train command's EXPFLOW_STOP_BEFORE_END_S (a Slurm job's run
+    warns itself that long before the job's end); null asks for none."""
     from expflow.workflow import train_signal
 
     config = {"sweep": "seed=1", "train": {}}
     validate_workflow_config(config, SCHEMA)
-    assert train_signal(config) == {"slurm_extra": "--signal=USR1@60"}
-    assert train_signal({"train": {"signal_s": 20}}) == {"slurm_extra": "--signal=USR1@20"}
-    assert train_signal({"train": {"signal_s": None}}) == {}
+    assert train_signal(config) == "EXPFLOW_STOP_BEFORE_END_S=60 "
+    assert train_signal({"train": {"signal_s": 20}}) == "EXPFLOW_STOP_BEFORE_END_S=20 "
+    assert train_signal({"train": {"signal_s": None}}) == ""
+
+
+def test_the_time_limit_warning_is_armed_from_the_jobs_end_time(monkeypatch):
+    """In a Slurm job the warning fires signal_s before the end time scontrol reports; not in
+    a job, without the variable, or with the end nearer than that, no timer."""
+    import signal
+    import time
+    from datetime import datetime
+
+    from expflow import interrupt
+
+    end = time.time() + 100
+    monkeypatch.setattr(interrupt, "_scontrol_job", lambda job: [
+        "JobId=7", f"EndTime={datetime.fromtimestamp(end).strftime('%Y-%m-%dT%H:%M:%S')}", "JobState=RUNNING"])
+    armed = []
+
+    class Timer:
+        def __init__(self, delay, fn, args):
+            armed.append((delay, fn, args))
+
+        def start(self):
+            pass
+
+    monkeypatch.setattr("threading.Timer", Timer)
+    job = {"SLURM_JOB_ID": "7", "EXPFLOW_STOP_BEFORE_END_S": "30"}
+    assert interrupt.arm_time_limit_warning(job) is not None
+    ((delay, fn, args),) = armed
+    assert 68 < delay <= 70 and args[1] == signal.SIGUSR1
+    assert interrupt.arm_time_limit_warning({"EXPFLOW_STOP_BEFORE_END_S": "30"}) is None
+    assert interrupt.arm_time_limit_warning({"SLURM_JOB_ID": "7"}) is None
+    assert interrupt.arm_time_limit_warning({**job, "EXPFLOW_STOP_BEFORE_END_S": "200"}) is None
+    assert len(armed) == 1

@@ -1,5 +1,11 @@
-"""A graceful stop on a signal: the warning before a time limit (SIGUSR1, which a Slurm job
-asks for with ``--signal=USR1@<seconds>``), preemption or a cancel (SIGTERM).
+"""A graceful stop on a signal: the warning before a time limit (SIGUSR1), preemption or a
+cancel (SIGTERM).
+
+The warning: in a Slurm job, ``$EXPFLOW_STOP_BEFORE_END_S`` (the workflow's
+``train.signal_s``) arms a timer that sends this process SIGUSR1 that long before the job's
+end time (``scontrol``). Slurm's own ``--signal=USR1@<s>`` reaches every process of the job's
+steps, and under Snakemake's executor plugin one of them is an inner Snakemake that SIGUSR1
+would end; a job script of one's own may use it (or ``B:USR1`` with a shell that passes it on).
 
 The handler only records the request. The loop finishes the step it is in, writes a
 checkpoint at that step (mid-epoch included) and raises :class:`Interrupted` with the reason;
@@ -52,10 +58,21 @@ class StopRequest:
     def install(self) -> StopRequest:
         """Handle SIGUSR1 and SIGTERM in this process (the main thread only)."""
         global _INSTALLED
-        for s in self.signals:
-            signal.signal(s, self._on_signal)
+        self._saved = {s: signal.signal(s, self._on_signal) for s in self.signals}
         _INSTALLED = self
         return self
+
+    def uninstall(self) -> None:
+        """After the run: SIGTERM as before, SIGUSR1 ignored (a late warning, e.g. while the
+        process exits, must not kill a finished run's process: Python's own shutdown would
+        put back the default action, which ends it)."""
+        global _INSTALLED
+        saved = getattr(self, "_saved", {})
+        if signal.SIGTERM in saved:
+            signal.signal(signal.SIGTERM, saved[signal.SIGTERM])
+        if saved:
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        _INSTALLED = None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.signum is None:
@@ -89,16 +106,61 @@ def reason_for(signum: int | None) -> str:
     return slurm_job_state(os.environ.get("SLURM_JOB_ID")) or CANCELLED
 
 
+STOP_BEFORE_END_ENV = "EXPFLOW_STOP_BEFORE_END_S"
+
+
+def arm_time_limit_warning(environ: dict[str, str] | None = None) -> Any:
+    """In a Slurm job with ``$EXPFLOW_STOP_BEFORE_END_S``: a daemon timer that sends this
+    process SIGUSR1 that many seconds before the job's end time (None when not in such a job,
+    the end is unknown, or it is nearer than that: the limit's SIGTERM still stops the run)."""
+    import threading
+
+    environ = os.environ if environ is None else environ
+    seconds, job_id = environ.get(STOP_BEFORE_END_ENV), environ.get("SLURM_JOB_ID")
+    if not seconds or not job_id:
+        return None
+    try:
+        lead = float(seconds)
+    except ValueError:
+        return None
+    end = slurm_job_end(job_id)
+    if end is None:
+        return None
+    delay = end - time.time() - lead
+    if delay <= 0:
+        return None
+    timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGUSR1))
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def slurm_job_end(job_id: str) -> float | None:
+    """The job's end time (start plus its time limit), as a timestamp; None if unknown."""
+    from datetime import datetime
+
+    for field in _scontrol_job(job_id):
+        if field.startswith("EndTime="):
+            try:
+                return datetime.fromisoformat(field.partition("=")[2]).timestamp()  # the controller's local time
+            except ValueError:
+                return None
+    return None
+
+
+def _scontrol_job(job_id: str) -> list[str]:
+    try:
+        return subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True,
+                              timeout=5).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return []
+
+
 def slurm_job_state(job_id: str | None) -> str | None:
     """The job's state when it is one of :data:`REASONS` (``scontrol show job``), else None."""
     if not job_id:
         return None
-    try:
-        out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True,
-                             timeout=5).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    for field in out.split():
+    for field in _scontrol_job(job_id):
         if field.startswith("JobState="):
             state = field.partition("=")[2]
             return state if state in REASONS else None
@@ -128,7 +190,7 @@ class Forwarder:
 
     def __exit__(self, *exc: object) -> None:
         for s, handler in self._saved.items():
-            signal.signal(s, handler)
+            signal.signal(s, signal.SIG_IGN if s == signal.SIGUSR1 else handler)  # a late warning: nothing to stop
 
     def _forward(self, signum: int, frame: Any) -> None:
         psutil = self._psutil

@@ -10,6 +10,7 @@ rerun). A Python runner's rank executes in :mod:`expflow.rank`; a command run
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -241,7 +242,9 @@ def launch(
             child.wait()
         proc = child
     status = pkg.status()
-    if proc.returncode != 0 or not status.finished:
+    # A stop signal that came as a finished run's process was exiting ends nothing.
+    late_signal = proc.returncode in (-signal.SIGUSR1, -signal.SIGTERM) and status in (Status.COMPLETED, Status.PRUNED)
+    if (proc.returncode != 0 and not late_signal) or not status.finished:
         error = pkg.manifest().get("error") or {}
         detail = f"{error.get('type')}: {error.get('message')}" if error else f"exit code {proc.returncode}"
         error = RunCrashed(f"run {pkg.run_id} crashed: {detail} (logs in {pkg.logs_dir})")

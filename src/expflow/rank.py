@@ -13,7 +13,7 @@ import traceback
 from typing import Any
 
 from expflow.errors import ExpflowError, RunCrashed
-from expflow.interrupt import Interrupted, StopRequest, Terminated
+from expflow.interrupt import Interrupted, StopRequest, Terminated, arm_time_limit_warning
 from expflow.outcome import RunResult
 from expflow.package import SavePackage, Status, utc_now
 from expflow.paths import WRITE_ONLY_ERRNOS, WriteError, write_error
@@ -59,11 +59,18 @@ def execute(pkg: SavePackage, *, resume: str | int | None = None) -> RunResult:
 
     env = DistEnv.from_env()
     stop = StopRequest()
+    timer = None
     if threading.current_thread() is threading.main_thread():
         stop.install()  # SIGUSR1 / SIGTERM: checkpoint at the step, then stop (expflow.interrupt)
+        timer = arm_time_limit_warning()  # a Slurm job's own warning before its end
     with RankLogs(pkg.logs_dir, env.rank) as logs:
         try:
-            return _execute(pkg, resume, env, logs, stop)
+            try:
+                return _execute(pkg, resume, env, logs, stop)
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                stop.uninstall()
         except RunCrashed:
             raise
         except Interrupted as e:

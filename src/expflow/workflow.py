@@ -57,13 +57,13 @@ def cluster_resources(config: dict[str, Any], environ: dict[str, str] | None = N
     return out
 
 
-def train_signal(config: dict[str, Any]) -> dict[str, str]:
-    """The train rule's request for a warning before its time limit (``train.signal_s``):
-    Slurm sends SIGUSR1 to the job's steps that long before it, and the run checkpoints at
-    its step and stops (expflow.interrupt); the retry continues there. Not ``B:``: the batch
-    shell is Snakemake's, the training runs in a step."""
+def train_signal(config: dict[str, Any]) -> str:
+    """The train job's warning before its time limit (``train.signal_s``): an environment
+    prefix for its command, on which a run in a Slurm job sends itself SIGUSR1 that long
+    before the job's end, checkpoints at its step and stops (expflow.interrupt); the retry
+    continues there. Empty when null."""
     seconds = (config.get("train") or {}).get("signal_s")
-    return {"slurm_extra": f"--signal=USR1@{int(seconds)}"} if seconds else {}
+    return f"EXPFLOW_STOP_BEFORE_END_S={int(seconds)} " if seconds else ""
 
 
 def plan_workflow(config: dict[str, Any], *, families: bool = False,

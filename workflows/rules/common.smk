@@ -53,8 +53,8 @@ def on_failure(rule_name):
 REPORT_HTML = config["report"]["out"] or f"{RUNS_DIR}/report.html"
 # slurm_partition / slurm_account for every rule (from the config or the environment).
 CLUSTER = cluster_resources(config)
-# The train jobs' warning before the time limit (train.signal_s): --signal=USR1@<s>.
-TRAIN_CLUSTER = {**CLUSTER, **train_signal(config)}
+# The train jobs' warning before the time limit (train.signal_s), as their command's environment.
+TRAIN_SIGNAL = train_signal(config)
 # Retries belong to the main Snakemake process (it resubmits the job, which continues the
 # package). A rule's `retries:` also applies inside a cluster job step, which would retry
 # a failing run again within the same allocation: none there.

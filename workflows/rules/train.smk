@@ -15,11 +15,10 @@ rule train:
         gpu=GPU_RESOURCE,
         mem_mb=config["train"]["mem_mb"],
         runtime=config["train"]["runtime"],
-        **TRAIN_CLUSTER,
+        **CLUSTER,
     retries: TRAIN_RETRIES
     conda:
         "../envs/expflow.yaml"
     shell:
-        # The shell ignores SIGUSR1 (a time limit's warning would end it); expflow handles it.
-        "trap '' USR1; " + 'expflow run "$(dirname {input.config})" >> {log} 2>&1' + on_failure("train")
+        TRAIN_SIGNAL + 'expflow run "$(dirname {input.config})" >> {log} 2>&1' + on_failure("train")
         + "; touch {output.done}"

@@ -346,7 +346,14 @@ def _supervise(pkg: SavePackage, cfg: Any, spec: CommandSpec, resume: str | int 
                 t.start()
             pkg.set_status(Status.RUNNING, device=extra_env.get("CUDA_VISIBLE_DEVICES") or "cpu",
                            world_size=1, command={"argv": argv, "pid": proc.pid, "cwd": str(cwd)})
-            code = _wait(proc, spec, ingest, writer.trial)
+            from expflow.interrupt import arm_time_limit_warning
+
+            timer = arm_time_limit_warning()  # a Slurm job's warning: to this process, passed on by _wait
+            try:
+                code = _wait(proc, spec, ingest, writer.trial)
+            finally:
+                if timer is not None:
+                    timer.cancel()
             for t in tees:
                 t.join(timeout=10)
         finally:
