@@ -402,6 +402,8 @@ expflow rerun runs/<id>      # rerun it from its code snapshot and compare the r
 - `train.py`: runs from each package's code snapshot with `EXPFLOW_CHECKPOINT_DIR`, `EXPFLOW_SEED`
   and the GPU lease in its environment; `expflow.log(metrics, step)` records metrics (a no-op when
   the script runs alone). Python, NumPy and torch are seeded before it starts.
+- On SIGUSR1 `train.py` checkpoints at its step and exits; `runner.stop_signal: SIGUSR1` tells
+  expflow to pass on a cluster's time-limit warning or a cancel that way, and a retry continues it.
 - `conf/`: `runner.argv` interpolates the config (`${{optim.lr}}`); `conf/workflow.yaml` names the runs.
 - The workflow runs {analyses} on every package.
 
