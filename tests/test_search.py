@@ -392,3 +392,13 @@ def test_unreachable_study_warns_once_and_the_run_trains_on(tmp_path, capsys):
     assert report.observe({"val/acc": 0.4}, 2) is False
     err = capsys.readouterr().err
     assert err.count("expflow: warning: search study 's'") == 1 and "no longer pruned" in err
+
+
+def test_a_trial_stopped_on_a_signal_stays_for_the_next_slot():
+    """A slot's run stopped on a signal (its error type the stop's reason: TIMEOUT, PREEMPTED,
+    CANCELLED) has checkpointed: the slot is being stopped, and the trial is continued by the
+    next slot rather than told FAIL."""
+    from expflow.interrupt import REASONS
+    from expflow.search.slot import INTERRUPTED
+
+    assert set(REASONS) <= set(INTERRUPTED) and {"Terminated", "KeyboardInterrupt"} <= set(INTERRUPTED)

@@ -148,9 +148,7 @@ def _execute(pkg: SavePackage, resume: str | int | None, env: Any, logs: Any, st
         if main:
             try:
                 if isinstance(e, Interrupted):  # checkpointed at e.step: the reason, for status and retries
-                    stopped = {"reason": e.reason, "signal": e.signame, "step": e.step, "time": utc_now()}
-                    pkg.set_status(Status.CRASHED, error={"type": e.reason, "message": str(e), "log": str(logs.err_path)})
-                    pkg.update_manifest(lambda m: (m.get("attempts") or [{}])[-1].update(stopped=stopped))
+                    pkg.record_stop(e.reason, e.signame, e.step, str(e), str(logs.err_path))
                 else:
                     pkg.set_status(
                         Status.CRASHED,

@@ -315,6 +315,14 @@ class SavePackage:
 
         return self.update_manifest(change)
 
+    def record_stop(self, reason: str, signame: str, step: int | None, message: str, log: str,
+                    **fields: Any) -> None:
+        """CRASHED after a stop on a signal (TIMEOUT, PREEMPTED, CANCELLED) at ``step``: the
+        reason as the error's type, and ``stopped`` on the current attempt (status counts them)."""
+        stopped = {"reason": reason, "signal": signame, "step": step, "time": utc_now()}
+        self.set_status(Status.CRASHED, error={"type": reason, "message": message, "log": log}, **fields)
+        self.update_manifest(lambda m: (m.get("attempts") or [{}])[-1].update(stopped=stopped))
+
     def beat(self, **fields: Any) -> None:
         atomic_write_json(self.heartbeat_path, {"format": shapes.HEARTBEAT_FORMAT, "time": time.time(),
                                                 **process_identity(), **fields})

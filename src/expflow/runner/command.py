@@ -387,12 +387,9 @@ def _supervise(pkg: SavePackage, cfg: Any, spec: CommandSpec, resume: str | int 
         if isinstance(e, Interrupted):  # told to stop, and it did: a retry continues it
             saved = [st for _, st in program_checkpoints(pkg) if st is not None]
             step = saved[-1] if saved else _last_step(pkg)  # where a continue resumes
-            stopped = {"reason": e.reason, "signal": e.signame, "step": step, "time": utc_now()}
             message = f"{e.reason} ({e.signame}): the command was told and stopped at step {step}"
             try:
-                pkg.set_status(Status.CRASHED, progress={"step": step},
-                               error={"type": e.reason, "message": message, "log": str(logs.err_path)})
-                pkg.update_manifest(lambda m: (m.get("attempts") or [{}])[-1].update(stopped=stopped))
+                pkg.record_stop(e.reason, e.signame, step, message, str(logs.err_path), progress={"step": step})
             except Exception:
                 pass
             raise RunCrashed(f"run {pkg.run_id} interrupted: {message} (continue it with "

@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from expflow.errors import ConfigError, ExpflowError
+from expflow.interrupt import REASONS
 from expflow.search.space import Space, parse_space
 from expflow.search.study import SearchSpec, claim_lock, open_study, storage_path
 from expflow.search.trial import TRIAL_ENV
 
-INTERRUPTED = ("Terminated", "KeyboardInterrupt")  # the slot is being stopped: the trial stays for the next slot
+# The slot is being stopped (a signal stop's reason included): the trial stays for the next slot.
+INTERRUPTED = ("Terminated", "KeyboardInterrupt", *REASONS)
 
 
 @dataclass
