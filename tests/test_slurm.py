@@ -192,3 +192,45 @@ def test_a_time_limit_warning_stops_the_run_and_the_resubmitted_job_continues_it
     board = run_cli("status", "--runs", str(proj / "runs"), "--json")
     (row,) = json.loads(board.stdout)
     assert row["stops"] == {"TIMEOUT": len(stops)}
+
+
+def test_a_run_across_two_nodes_completes_and_every_rank_logs(slurm, tmp_path):
+    """trainer.nodes=2 under the Slurm profile: the train job gets two nodes of partition
+    `multi` (two slurmd in network namespaces, scripts/slurm/up.sh) and runs one torchrun on
+    each, 2 ranks per node, gloo, rendezvous at the allocation's first host. Rank 0 writes
+    the package; every rank, on either node, writes its log there. The validation metrics the
+    4 ranks reduced equal a single-process evaluation of the final model."""
+    if "multi" not in subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True).stdout:
+        pytest.fail("no partition `multi` on the test cluster (scripts/slurm/up.sh makes it)")
+    wf = workflow([""], ["trainer.max_epochs=2", "gpu.count=0", "trainer.nodes=2", "trainer.processes=2"])
+    wf["slurm"]["partition"] = "multi"
+    proj = make_project(tmp_path, wf)
+    proc = run_on_slurm(proj, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (pkg,) = packages(proj).values()
+    m = pkg.manifest()
+    assert pkg.status() is Status.COMPLETED and m["world_size"] == 4
+    # Ranks are numbered node by node: 0 and 1 on the first host, 2 and 3 on the second.
+    assert m["rank_hosts"] == ["node1", "node1", "node2", "node2"]
+    (job,) = m["scheduler_jobs"]
+    nodes = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job["job_id"], "-o", "NodeList,AllocNodes"],
+                           capture_output=True, text=True).stdout.split()[0]
+    assert nodes == "node[1-2]|2" and sacct_state(job["job_id"]) == "COMPLETED"
+    for rank in range(4):
+        assert f"rank {rank} of 4 on node{rank // 2 + 1}" in pkg.log_path(rank, "out").read_text()
+    # Rank 0 alone reported progress.
+    assert " epoch " in pkg.log_path(0, "out").read_text()
+    assert all(" epoch " not in pkg.log_path(r, "out").read_text() for r in (1, 2, 3))
+    records = [r for r in effective_metrics(pkg.scan_records().records) if "val/acc" in r["values"]]
+    assert [r["epoch"] for r in records] == [1, 2]
+    import torch
+    from hydra.utils import instantiate
+
+    cfg = pkg.config()
+    data, model = instantiate(cfg.dataset), instantiate(cfg.model)
+    model.load_state_dict(pkg.checkpoints().load(pkg.checkpoints().latest())["runner"]["model"])
+    model.eval()
+    x, y = data.val_set.tensors
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).double().mean().item()
+    assert records[-1]["values"]["val/acc"] == pytest.approx(acc, abs=1e-12)

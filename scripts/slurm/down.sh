@@ -7,7 +7,9 @@ STARTED="$STATE/started"
 [ -f "$STARTED" ] || { echo "[slurm-down] nothing started by up.sh"; exit 0; }
 pidfile() {
   case $1 in
-    slurmd | slurmctld | slurmdbd) echo "$STATE/run/$1.pid" ;;
+    slurmd) echo "$STATE/run/slurmd-localhost.pid" ;;
+    slurmd-node*) echo "$STATE/run/$1.pid" ;;
+    slurmctld | slurmdbd) echo "$STATE/run/$1.pid" ;;
     mariadbd) echo /run/mysqld/mysqld.pid ;;
     munged) echo /run/munge/munged.pid ;;
   esac
@@ -22,8 +24,13 @@ stop() {
 }
 # Jobs of the test cluster go first, when we own its controller.
 grep -qx slurmctld "$STARTED" && scancel --user=root >/dev/null 2>&1
-for daemon in slurmd slurmctld slurmdbd mariadbd munged; do
+for daemon in slurmd-node1 slurmd-node2 slurmd slurmctld slurmdbd mariadbd munged; do
   grep -qx "$daemon" "$STARTED" && stop "$daemon"
 done
+# The nodes' network namespaces and their bridge (up.sh made them).
+if grep -qx net "$STARTED"; then
+  for i in 1 2; do ip netns del "exf-node$i" 2>/dev/null; rm -rf "/etc/netns/exf-node$i"; done
+  ip link del exf0 2>/dev/null
+fi
 rm -f "$STARTED"
 echo "[slurm-down] stopped: the daemons up.sh had started"

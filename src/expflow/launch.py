@@ -79,6 +79,7 @@ def train(
     hydra_files: dict[str, str] | None = None,
 ) -> RunResult:
     """Materialize the package for ``cfg`` and train it to the end."""
+    check_nodes(cfg)
     pkg = create_package(cfg, overrides=overrides, package_dir=package_dir, hydra_files=hydra_files, claim=True)
     return run_package(pkg, from_snapshot=False)
 
@@ -104,6 +105,7 @@ def run_package(pkg: SavePackage, *, from_snapshot: bool = True, wait: bool = Tr
     if status.finished and not completed:
         return RunResult(pkg, status, _last_metrics(pkg))
     pkg.check()  # a damaged file is one line before the package is touched (claimed, leased)
+    check_nodes(pkg.config())  # a run across nodes outside an allocation of them: one line, untouched
     if status.active and pkg.manifest().get("attempts"):
         raise PackageError(f"{pkg.path}: the run is {status.value} in a live process")
     check_package_writable(pkg.path)  # before anything is written to it
@@ -138,7 +140,7 @@ def run_package(pkg: SavePackage, *, from_snapshot: bool = True, wait: bool = Tr
         try:
             if is_command(cfg):  # the program is the child; this process supervises it
                 return run_command(pkg, resume=resume, extra_env=placement.env)
-            if from_snapshot or real_gpus or int(cfg.trainer.processes) > 1:
+            if from_snapshot or real_gpus or int(cfg.trainer.processes) > 1 or int(cfg.trainer.nodes) > 1:
                 # A child process: CUDA_VISIBLE_DEVICES must be set before CUDA starts.
                 return launch(pkg, resume=resume, from_snapshot=from_snapshot, extra_env=placement.env)
             os.environ.update(placement.env)
@@ -153,6 +155,16 @@ def run_package(pkg: SavePackage, *, from_snapshot: bool = True, wait: bool = Tr
                     os.environ[k] = v
             if owned:  # a caller's placement: the caller records its release, when it releases
                 record_release(pkg)
+
+
+def check_nodes(cfg: DictConfig) -> None:
+    """``trainer.nodes > 1`` needs a Slurm allocation of that many nodes around this process:
+    one line naming the key when there is none (:func:`expflow.nodes.allocation`)."""
+    nodes = OmegaConf.select(cfg, "trainer.nodes", default=1)
+    if isinstance(nodes, int) and nodes > 1:
+        from expflow.nodes import allocation
+
+        allocation(nodes)
 
 
 def asked_devices(pkg: SavePackage) -> tuple[int, str | None]:
@@ -207,7 +219,8 @@ def launch(
     from_snapshot: bool = False,
     extra_env: dict[str, str] | None = None,
 ) -> RunResult:
-    """Run ``pkg`` in child processes: torchrun for ``trainer.processes > 1``; with
+    """Run ``pkg`` in child processes: torchrun for ``trainer.processes > 1``, one per node of
+    the Slurm allocation for ``trainer.nodes > 1`` (:mod:`expflow.nodes`); with
     ``from_snapshot`` the package's own code comes first on the import path."""
     from expflow.runner import is_command
 
@@ -224,11 +237,18 @@ def launch(
     if resume is not None:
         worker += ["--resume", str(resume)]
     processes = int(OmegaConf.select(cfg, "trainer.processes", default=1))
-    launcher = [sys.executable]
-    if processes > 1:
-        launcher += ["-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-                     f"--nproc-per-node={processes}"]
-    cmd = launcher + worker
+    nodes = int(OmegaConf.select(cfg, "trainer.nodes", default=1))
+    if nodes > 1:  # one torchrun per node of the Slurm allocation, through srun (expflow.nodes)
+        from expflow import nodes as multinode
+
+        alloc = multinode.allocation(nodes, env)
+        cmd = multinode.srun_command(alloc, nodes, processes, int(cfg.gpu.count), worker[2:])
+        env = multinode.srun_env(env)
+    elif processes > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+               f"--nproc-per-node={processes}", *worker]
+    else:
+        cmd = [sys.executable, *worker]
     from expflow.interrupt import Forwarder, ignore_usr1
 
     def prepare_child() -> None:
@@ -238,7 +258,8 @@ def launch(
 
     with pkg.claim():  # a QUEUED package (a rerun's): killed before the child starts, it shows CRASHED
         child = subprocess.Popen(cmd, env=env, preexec_fn=prepare_child)
-        with Forwarder(child.pid, through_torchrun=processes > 1):  # a stop signal: to the ranks
+        # A stop signal: to the ranks (srun passes it to every node's agent, which does so).
+        with Forwarder(child.pid, through_torchrun=processes > 1 and nodes == 1):
             child.wait()
         proc = child
     status = pkg.status()

@@ -229,9 +229,11 @@ class Planner:
                 path, value, delete = self.value(groups, o)
                 plain = _with_path(plain, path, value, delete)
             gpu = plain.get("gpu") or {}
+            trainer = plain.get("trainer") if isinstance(plain.get("trainer"), dict) else {}
             specs.append(RunSpec(config_id(plain), tuple(job), _as_int(gpu.get("count"), 1), _as_int(gpu.get("mem_mb"), 0),
                                  family=config_id(plain, exclude=("seed",)) if self.families else "",
-                                 estimate=number_at(plain, self.estimate) if self.estimate else None))
+                                 estimate=number_at(plain, self.estimate) if self.estimate else None,
+                                 nodes=max(1, _as_int(trainer.get("nodes"), 1))))
         return specs
 
     def plan(self, sweep: Iterable[str | Sequence[str]], common: Sequence[str] = ()) -> dict[str, RunSpec]:

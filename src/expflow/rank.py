@@ -8,6 +8,8 @@ heartbeat, seeds every RNG, initializes torch.distributed, and runs the loop
 from __future__ import annotations
 
 import errno
+import os
+import socket
 import threading
 import traceback
 from typing import Any
@@ -125,6 +127,11 @@ def _execute(pkg: SavePackage, resume: str | int | None, env: Any, logs: Any, st
             heartbeat.start()  # type: ignore[union-attr]
         device = resolve_device(cfg.trainer.device, int(cfg.gpu.count), bool(cfg.gpu.allow_cpu), env.local_rank)
         distributed.init(env, device)
+        # Where each rank runs (a run across nodes: which node's ranks are which), for the manifest.
+        host = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+        hosts = distributed.gather_objects(host)
+        if env.distributed:  # every rank's log says where it ran
+            print(f"rank {env.rank} of {env.world_size} on {host} (local rank {env.local_rank}, {device})", flush=True)
         if cfg.trainer.threads:
             torch.set_num_threads(int(cfg.trainer.threads))
         seed_everything(int(cfg.seed), bool(cfg.trainer.deterministic), cuda=device.type == "cuda")
@@ -133,7 +140,7 @@ def _execute(pkg: SavePackage, resume: str | int | None, env: Any, logs: Any, st
         if resume is not None:
             run.restore(checkpoint)
         if main:
-            pkg.set_status(Status.RUNNING, device=str(device), world_size=env.world_size)
+            pkg.set_status(Status.RUNNING, device=str(device), world_size=env.world_size, rank_hosts=hosts)
         run.run()
         distributed.barrier()
         final = Status.PRUNED if run.trial is not None and run.trial.pruned else Status.COMPLETED

@@ -29,6 +29,7 @@ class RunSpec:
     # of the config key named by ``train.estimate``.
     family: str = ""
     estimate: float | None = None
+    nodes: int = 1  # trainer.nodes: the nodes of the run's train job (a Slurm allocation)
 
     @property
     def override_line(self) -> str:

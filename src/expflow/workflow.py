@@ -66,6 +66,18 @@ def train_signal(config: dict[str, Any]) -> str:
     return f"EXPFLOW_STOP_BEFORE_END_S={int(seconds)} " if seconds else ""
 
 
+def train_gpus(spec: RunSpec) -> int:
+    """The train job's ``gpu`` resource: the run's GPUs (on this machine, or ``--gpus`` for
+    Slurm). 0 for a run across nodes, whose GPUs are asked per node (:func:`train_gres`)."""
+    return spec.gpus if spec.nodes == 1 else 0
+
+
+def train_gres(spec: RunSpec) -> str:
+    """The train job's ``gres`` of a run across nodes with GPUs (``gpu:<gpu.count>``, per node,
+    where ``--gpus`` would count them in all); empty otherwise."""
+    return f"gpu:{spec.gpus}" if spec.nodes > 1 and spec.gpus > 0 else ""
+
+
 def plan_workflow(config: dict[str, Any], *, families: bool = False,
                   cache: str | os.PathLike[str] | None = None) -> dict[str, RunSpec]:
     """Every run of the workflow config, by id. ``families``: also each run's family id
@@ -186,7 +198,7 @@ def _read_owners(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 # -- the plan cache ------------------------------------------------------------------------
-PLAN_FORMAT = 1
+PLAN_FORMAT = 2  # 2: each run carries its trainer.nodes
 # The planner's own code: a change to any of these (an editable install, an upgrade) is a
 # new key. Hydra and OmegaConf count by their installed files' sizes and times.
 _PLANNER_CODE = ("workflow.py", "planning.py", "config")
@@ -252,8 +264,8 @@ def load_plan(path: str | os.PathLike[str], key: str) -> dict[str, RunSpec] | No
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT or data.get("key") != key:
             return None
         runs = {}
-        for run_id, overrides, gpus, gpu_mem_mb, family, estimate in data["runs"]:
-            runs[run_id] = RunSpec(run_id, tuple(overrides), gpus, gpu_mem_mb, family, estimate)
+        for run_id, overrides, gpus, gpu_mem_mb, family, estimate, nodes in data["runs"]:
+            runs[run_id] = RunSpec(run_id, tuple(overrides), gpus, gpu_mem_mb, family, estimate, nodes)
         return runs
     except (OSError, ValueError, TypeError, KeyError):
         return None
@@ -264,7 +276,8 @@ def save_plan(path: str | os.PathLike[str], key: str, runs: dict[str, RunSpec]) 
     from expflow.atomic import atomic_write
 
     body = {"format": PLAN_FORMAT, "key": key,
-            "runs": [[s.run_id, list(s.overrides), s.gpus, s.gpu_mem_mb, s.family, s.estimate] for s in runs.values()]}
+            "runs": [[s.run_id, list(s.overrides), s.gpus, s.gpu_mem_mb, s.family, s.estimate, s.nodes]
+                     for s in runs.values()]}
     try:
         atomic_write(path, lambda f: f.write(json.dumps(body, separators=(",", ":")).encode()))
     except OSError:  # expflow.paths.WriteError included

@@ -6,6 +6,8 @@ import sys
 from expflow.workflow import (
     clear_stale_lock,
     cluster_resources,
+    train_gpus,
+    train_gres,
     train_signal,
     config_errors_exit,
     plan_workflow,
@@ -90,13 +92,29 @@ RUN_GROUP = "runs"
 
 def run_gpus(wildcards):
     """The run's GPU count (its gpu.count), for the gpu resource."""
-    return RUNS[wildcards.run].gpus
+    return train_gpus(RUNS[wildcards.run])
 
 
 # Most sweeps give every run the same GPU count: a constant spares Snakemake a function
 # call per job at DAG-build time.
-_GPU_COUNTS = {spec.gpus for spec in RUNS.values()}
+_GPU_COUNTS = {train_gpus(spec) for spec in RUNS.values()}
 GPU_RESOURCE = _GPU_COUNTS.pop() if len(_GPU_COUNTS) == 1 else run_gpus
+
+
+def run_nodes(wildcards):
+    return RUNS[wildcards.run].nodes
+
+
+def run_gres(wildcards):
+    return train_gres(RUNS[wildcards.run])
+
+
+# Runs across nodes (trainer.nodes > 1): their train job asks for that many nodes, one task
+# on each (expflow starts a torchrun per node), and its GPUs per node. None: no resource added.
+NODE_RESOURCES = (
+    {"nodes": run_nodes, "tasks": run_nodes, "tasks_per_gpu": 0, "gres": run_gres}
+    if any(spec.nodes > 1 for spec in RUNS.values()) else {}
+)
 
 
 # analyze.scripts, all of them in one job per run: one analysis process (one interpreter and

@@ -16,6 +16,7 @@ rule train:
         mem_mb=config["train"]["mem_mb"],
         runtime=config["train"]["runtime"],
         **CLUSTER,
+        **NODE_RESOURCES,
     retries: TRAIN_RETRIES
     conda:
         "../envs/expflow.yaml"

@@ -41,7 +41,8 @@ class OptimConfig:
 @dataclass
 class TrainerConfig:
     max_epochs: int = 10
-    processes: int = 1  # > 1: torch DDP through torchrun (gloo on CPU, nccl on GPU)
+    processes: int = 1  # > 1: torch DDP through torchrun (gloo on CPU, nccl on GPU); per node
+    nodes: int = 1  # > 1: DDP across that many nodes of a Slurm allocation (one torchrun per node)
     log_every_n_steps: int = 10
     grad_clip: float | None = None
     deterministic: bool = True
@@ -268,6 +269,7 @@ NONFINITE: frozenset[str] = frozenset()
 RANGES: dict[str, Range] = {
     "trainer.max_epochs": Range(1, integer=True),
     "trainer.processes": Range(1, integer=True),
+    "trainer.nodes": Range(1, integer=True),
     "trainer.log_every_n_steps": Range(1, integer=True),
     "trainer.threads": Range(0, integer=True),  # 0 or null: torch's default
     "trainer.heartbeat_s": Range(0, low_open=True),

@@ -268,6 +268,7 @@ MANIFEST = Obj(
         "gpus": Nullable(ListOf(ANY)),
         "device": Nullable(STR),
         "world_size": Nullable(INT),
+        "rank_hosts": Nullable(ListOf(STR)),  # the node (or host) of each rank, in rank order
         "started": Nullable(ISO_TIME),
         "finished": Nullable(ISO_TIME),
         "attempts": ListOf(Obj({"kind": STR, "time": Nullable(ISO_TIME), "from_step": INT}, required=("kind",))),
