@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -53,13 +54,24 @@ def slurm():
         subprocess.run(["bash", str(DOWN)], timeout=120)
 
 
-def run_on_slurm(proj: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+def slurm_env(proj: Path, tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(proj / "src"), EXPFLOW_SIMULATED_GPUS="4x81920",
                EXPFLOW_LEASE_DIR=str(tmp_path / "leases"))
     env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env
+
+
+def run_on_slurm(proj: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "snakemake", "--workflow-profile", str(REPO / "workflows/profiles/slurm"), *extra],
-        cwd=proj, env=env, capture_output=True, text=True, timeout=900,
+        cwd=proj, env=slurm_env(proj, tmp_path), capture_output=True, text=True, timeout=900,
+    )
+
+
+def start_on_slurm(proj: Path, tmp_path: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--workflow-profile", str(REPO / "workflows/profiles/slurm"), *extra],
+        cwd=proj, env=slurm_env(proj, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
 
@@ -234,3 +246,63 @@ def test_a_run_across_two_nodes_completes_and_every_rank_logs(slurm, tmp_path):
     with torch.no_grad():
         acc = (model(x).argmax(1) == y).double().mean().item()
     assert records[-1]["values"]["val/acc"] == pytest.approx(acc, abs=1e-12)
+
+
+def test_a_job_requeued_while_running_checkpoints_and_its_next_start_continues(slurm, tmp_path):
+    """`scontrol requeue` of a running train job (requeue asked for: Slurm ends the job with
+    SIGTERM and queues it again, same id): the run checkpoints at its step and records the
+    reason REQUEUED; when the job starts again the run continues from that step and completes,
+    bit-identical to an uninterrupted run. sacct lists both starts of the job."""
+    overrides = ["trainer.max_epochs=400", "trainer.log_every_n_steps=1", "gpu.count=1", "seed=4"]
+    proj = make_project(tmp_path, workflow([""], overrides))
+    # Accounting outlives a cluster restarted with fresh state, whose job ids start again:
+    # only this test's records.
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
+    reference = subprocess.Popen(
+        [sys.executable, "-m", "expflow.train", "trainer=debug", "trainer.threads=1", *overrides, "gpu=cpu",
+         f"paths.runs={tmp_path / 'reference'}", "run_id=reference", "trainer.progress=none"],
+        cwd=proj, env=dict(os.environ, PYTHONPATH=str(proj / "src")), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    workflow_proc = start_on_slurm(proj, tmp_path)
+    # Wait (no verdict on time) until the run is well into its training, then requeue its job.
+    pkg = None
+    for _ in range(1200):
+        found = packages(proj) if (proj / "runs").is_dir() else {}
+        if found:
+            (pkg,) = found.values()
+            progress = pkg.manifest().get("progress") or {}
+            if pkg.status() is Status.RUNNING and (progress.get("step") or 0) >= 200:
+                break
+        assert workflow_proc.poll() is None, workflow_proc.communicate()
+        time.sleep(0.25)
+    else:
+        pytest.fail("the run never got to step 200")
+    (job,) = pkg.manifest()["scheduler_jobs"]
+    subprocess.run(["scontrol", "requeue", job["job_id"]], check=True)
+    # Slurm holds a requeued job for two minutes (its BeginTime); this test need not wait them.
+    for _ in range(600):
+        state = subprocess.run(["squeue", "-h", "-j", job["job_id"], "-o", "%T"], capture_output=True,
+                               text=True).stdout.strip()
+        if state == "PENDING":
+            subprocess.run(["scontrol", "update", f"JobId={job['job_id']}", "StartTime=now"], check=True)
+            break
+        time.sleep(0.2)
+    out, err = workflow_proc.communicate(timeout=900)
+    assert workflow_proc.returncode == 0, out[-3000:] + err[-3000:]
+    assert reference.wait(timeout=600) == 0, reference.stderr.read()
+    m = pkg.manifest()
+    assert pkg.status() is Status.COMPLETED
+    (stop,) = [a["stopped"] for a in m["attempts"] if a.get("stopped")]
+    assert (stop["reason"], stop["signal"]) == ("REQUEUED", "SIGTERM")
+    assert [a["kind"] for a in m["attempts"]] == ["train", "continue"]
+    assert m["attempts"][1]["from_step"] == stop["step"] >= 200
+    # One job id, started twice: sacct shows the requeued start and the completed one.
+    assert [j["job_id"] for j in m["scheduler_jobs"]] == [job["job_id"]] * 2
+    states = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-S", since, "-j", job["job_id"], "-o", "State"],
+                            capture_output=True, text=True).stdout.split()
+    assert states == ["REQUEUED", "COMPLETED"], states
+    values = lambda p: [(r["step"], r["values"]) for r in effective_metrics(p.scan_records().records)]  # noqa: E731
+    assert values(pkg) == values(SavePackage.open(tmp_path / "reference" / "reference"))
+    board = run_cli("status", "--runs", str(proj / "runs"), "--json")
+    (row,) = json.loads(board.stdout)
+    assert row["stops"] == {"REQUEUED": 1}

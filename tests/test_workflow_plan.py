@@ -279,3 +279,24 @@ def test_the_time_limit_warning_is_armed_from_the_jobs_end_time(monkeypatch):
     assert interrupt.arm_time_limit_warning({"SLURM_JOB_ID": "7"}) is None
     assert interrupt.arm_time_limit_warning({**job, "EXPFLOW_STOP_BEFORE_END_S": "200"}) is None
     assert len(armed) == 1
+
+
+@pytest.mark.parametrize(("fields", "restart_count", "reason"), [
+    (["JobState=PREEMPTED", "Restarts=1"], None, "PREEMPTED"),
+    (["JobState=TIMEOUT", "Restarts=0"], None, "TIMEOUT"),
+    (["JobState=CANCELLED", "Restarts=2"], "1", "CANCELLED"),  # a cancel after a requeue
+    # `scontrol requeue`: COMPLETING, with one restart more than this start of the job began with
+    (["JobState=COMPLETING", "Restarts=1"], None, "REQUEUED"),
+    (["JobState=COMPLETING", "Restarts=2"], "1", "REQUEUED"),
+    (["JobState=COMPLETING", "Restarts=1"], "1", None),
+    (["JobState=RUNNING", "Restarts=x"], None, None),
+])
+def test_the_stop_reason_is_what_slurm_says_of_the_job(monkeypatch, fields, restart_count, reason):
+    from expflow import interrupt
+
+    monkeypatch.setattr(interrupt, "_scontrol_job", lambda job: ["JobId=7", *fields])
+    if restart_count is None:
+        monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    else:
+        monkeypatch.setenv("SLURM_RESTART_COUNT", restart_count)
+    assert interrupt.slurm_job_state("7") == reason

@@ -22,8 +22,8 @@ import subprocess
 import time
 from typing import Any
 
-TIMEOUT, PREEMPTED, CANCELLED = "TIMEOUT", "PREEMPTED", "CANCELLED"
-REASONS = (TIMEOUT, PREEMPTED, CANCELLED)
+TIMEOUT, PREEMPTED, CANCELLED, REQUEUED = "TIMEOUT", "PREEMPTED", "CANCELLED", "REQUEUED"
+REASONS = (TIMEOUT, PREEMPTED, CANCELLED, REQUEUED)
 # A signal can reach a rank twice for one event (Slurm signals every process of the step, and
 # the launcher forwards it too): a SIGTERM this soon after the first is the same request.
 DUPLICATE_S = 1.0
@@ -100,7 +100,7 @@ def requested() -> bool:
 
 def reason_for(signum: int | None) -> str:
     """TIMEOUT for the time limit's warning (SIGUSR1); for SIGTERM, what Slurm says of the
-    job (PREEMPTED, TIMEOUT, CANCELLED), else CANCELLED."""
+    job (PREEMPTED, TIMEOUT, CANCELLED, or REQUEUED: `scontrol requeue`), else CANCELLED."""
     if signum == signal.SIGUSR1:
         return TIMEOUT
     return slurm_job_state(os.environ.get("SLURM_JOB_ID")) or CANCELLED
@@ -157,13 +157,21 @@ def _scontrol_job(job_id: str) -> list[str]:
 
 
 def slurm_job_state(job_id: str | None) -> str | None:
-    """The job's state when it is one of :data:`REASONS` (``scontrol show job``), else None."""
+    """The job's state when it is one of :data:`REASONS` (``scontrol show job``), else None.
+    REQUEUED: the job counts more restarts than when this start of it began
+    (``SLURM_RESTART_COUNT``): `scontrol requeue` (or a requeue on preemption) is ending it,
+    with JobState COMPLETING, to queue it again under the same id."""
     if not job_id:
         return None
-    for field in _scontrol_job(job_id):
-        if field.startswith("JobState="):
-            state = field.partition("=")[2]
-            return state if state in REASONS else None
+    fields = dict(f.partition("=")[::2] for f in _scontrol_job(job_id))
+    state = fields.get("JobState")
+    if state in (TIMEOUT, PREEMPTED, CANCELLED):
+        return state
+    try:
+        if int(fields.get("Restarts", 0)) > int(os.environ.get("SLURM_RESTART_COUNT") or 0):
+            return REQUEUED
+    except ValueError:
+        pass
     return None
 
 

@@ -225,7 +225,7 @@ def _devices(m: dict[str, Any]) -> str:
 
 
 def _stops(m: dict[str, Any]) -> list[dict[str, Any]]:
-    """The attempts' stops on a signal (TIMEOUT, PREEMPTED, CANCELLED), in order."""
+    """The attempts' stops on a signal (TIMEOUT, PREEMPTED, CANCELLED, REQUEUED), in order."""
     attempts = m.get("attempts") if isinstance(m.get("attempts"), list) else []
     return [a["stopped"] for a in attempts if isinstance(a, dict) and isinstance(a.get("stopped"), dict)
             and a["stopped"].get("reason")]
