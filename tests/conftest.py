@@ -117,3 +117,18 @@ def lease_peak(spans: list[tuple[float, float, int]], devices: int = 4) -> int:
         running += delta
         peak = max(peak, running)
     return peak
+
+
+def single_process_val_acc(pkg) -> float:
+    """The accuracy of the package's final checkpoint on the whole validation set, evaluated
+    in this one process (what a DDP run's reduced val/acc must equal)."""
+    import torch
+    from hydra.utils import instantiate
+
+    cfg = pkg.config()
+    data, model = instantiate(cfg.dataset), instantiate(cfg.model)
+    model.load_state_dict(pkg.checkpoints().load(pkg.checkpoints().latest())["runner"]["model"])
+    model.eval()
+    x, y = data.val_set.tensors
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).double().mean().item()

@@ -5,12 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
-import torch
-from hydra.utils import instantiate
 
 from expflow.package import SavePackage, Status, effective_metrics
 
-from .conftest import run_cli, small_overrides
+from .conftest import run_cli, single_process_val_acc, small_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -42,15 +40,7 @@ def test_ddp_run_completes_and_metrics_match_rank0(tmp_path):
     assert epoch_records[-1]["step"] == 24
     # val metrics were reduced over both ranks: they equal a single-process evaluation
     # of the final checkpoint on the whole validation set.
-    cfg = pkg.config()
-    data = instantiate(cfg.dataset)
-    model = instantiate(cfg.model)
-    model.load_state_dict(pkg.checkpoints().load(pkg.checkpoints().latest())["runner"]["model"])
-    model.eval()
-    x, y = data.val_set.tensors
-    with torch.no_grad():
-        acc = (model(x).argmax(1) == y).double().mean().item()
-    assert epoch_records[-1]["values"]["val/acc"] == pytest.approx(acc, abs=1e-12)
+    assert epoch_records[-1]["values"]["val/acc"] == pytest.approx(single_process_val_acc(pkg), abs=1e-12)
 
 
 def test_a_stop_signal_stops_every_rank_at_the_same_step_and_continue_is_bit_identical(tmp_path):

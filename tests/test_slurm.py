@@ -1,4 +1,4 @@
-"""The unchanged workflow on a real single-node Slurm cluster (scripts/slurm/up.sh), through
+"""The unchanged workflow on a real Slurm cluster (scripts/slurm/up.sh), through
 snakemake-executor-plugin-slurm. CI starts the cluster in .ci/run; these tests never skip there."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 from expflow.package import SavePackage, Status, effective_metrics
 
-from .conftest import REPO, lease_peak, run_cli
+from .conftest import REPO, lease_peak, run_cli, single_process_val_acc
 from .test_workflow import CRASHY, make_project
 
 pytestmark = pytest.mark.slow
@@ -73,6 +73,20 @@ def start_on_slurm(proj: Path, tmp_path: Path, *extra: str) -> subprocess.Popen:
         [sys.executable, "-m", "snakemake", "--workflow-profile", str(REPO / "workflows/profiles/slurm"), *extra],
         cwd=proj, env=slurm_env(proj, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+
+
+def start_reference(proj: Path, tmp_path: Path, overrides: list[str]) -> subprocess.Popen:
+    """The same run uninterrupted, outside Slurm (trained meanwhile on the other core), into
+    ``tmp_path/reference/reference``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "expflow.train", "trainer=debug", "trainer.threads=1", *overrides, "gpu=cpu",
+         f"paths.runs={tmp_path / 'reference'}", "run_id=reference", "trainer.progress=none"],
+        cwd=proj, env=dict(os.environ, PYTHONPATH=str(proj / "src")), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+
+
+def step_values(pkg: SavePackage) -> list:
+    return [(r["step"], r["values"]) for r in effective_metrics(pkg.scan_records().records)]
 
 
 def sacct_state(job_id: str) -> str:
@@ -179,11 +193,7 @@ def test_a_time_limit_warning_stops_the_run_and_the_resubmitted_job_continues_it
     wf["train"].update(runtime=1, signal_s=30)
     proj = make_project(tmp_path, wf)
     # The uninterrupted reference, trained meanwhile on the other core.
-    reference = subprocess.Popen(
-        [sys.executable, "-m", "expflow.train", "trainer=debug", "trainer.threads=1", *overrides, "gpu=cpu",
-         f"paths.runs={tmp_path / 'reference'}", "run_id=reference", "trainer.progress=none"],
-        cwd=proj, env=dict(os.environ, PYTHONPATH=str(proj / "src")), stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True)
+    reference = start_reference(proj, tmp_path, overrides)
     proc = run_on_slurm(proj, tmp_path)
     assert reference.wait(timeout=600) == 0, reference.stderr.read()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -199,8 +209,7 @@ def test_a_time_limit_warning_stops_the_run_and_the_resubmitted_job_continues_it
     jobs = m["scheduler_jobs"]
     assert len(jobs) == len(attempts) and len({j["job_id"] for j in jobs}) == len(jobs)
     assert [sacct_state(j["job_id"]) for j in jobs] == ["FAILED"] * len(stops) + ["COMPLETED"]
-    values = lambda p: [(r["step"], r["values"]) for r in effective_metrics(p.scan_records().records)]  # noqa: E731
-    assert values(pkg) == values(SavePackage.open(tmp_path / "reference" / "reference"))
+    assert step_values(pkg) == step_values(SavePackage.open(tmp_path / "reference" / "reference"))
     board = run_cli("status", "--runs", str(proj / "runs"), "--json")
     (row,) = json.loads(board.stdout)
     assert row["stops"] == {"TIMEOUT": len(stops)}
@@ -235,17 +244,7 @@ def test_a_run_across_two_nodes_completes_and_every_rank_logs(slurm, tmp_path):
     assert all(" epoch " not in pkg.log_path(r, "out").read_text() for r in (1, 2, 3))
     records = [r for r in effective_metrics(pkg.scan_records().records) if "val/acc" in r["values"]]
     assert [r["epoch"] for r in records] == [1, 2]
-    import torch
-    from hydra.utils import instantiate
-
-    cfg = pkg.config()
-    data, model = instantiate(cfg.dataset), instantiate(cfg.model)
-    model.load_state_dict(pkg.checkpoints().load(pkg.checkpoints().latest())["runner"]["model"])
-    model.eval()
-    x, y = data.val_set.tensors
-    with torch.no_grad():
-        acc = (model(x).argmax(1) == y).double().mean().item()
-    assert records[-1]["values"]["val/acc"] == pytest.approx(acc, abs=1e-12)
+    assert records[-1]["values"]["val/acc"] == pytest.approx(single_process_val_acc(pkg), abs=1e-12)
 
 
 def test_a_job_requeued_while_running_checkpoints_and_its_next_start_continues(slurm, tmp_path):
@@ -258,11 +257,7 @@ def test_a_job_requeued_while_running_checkpoints_and_its_next_start_continues(s
     # Accounting outlives a cluster restarted with fresh state, whose job ids start again:
     # only this test's records.
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
-    reference = subprocess.Popen(
-        [sys.executable, "-m", "expflow.train", "trainer=debug", "trainer.threads=1", *overrides, "gpu=cpu",
-         f"paths.runs={tmp_path / 'reference'}", "run_id=reference", "trainer.progress=none"],
-        cwd=proj, env=dict(os.environ, PYTHONPATH=str(proj / "src")), stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True)
+    reference = start_reference(proj, tmp_path, overrides)
     workflow_proc = start_on_slurm(proj, tmp_path)
     # Wait (no verdict on time) until the run is well into its training, then requeue its job.
     pkg = None
@@ -301,8 +296,7 @@ def test_a_job_requeued_while_running_checkpoints_and_its_next_start_continues(s
     states = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-S", since, "-j", job["job_id"], "-o", "State"],
                             capture_output=True, text=True).stdout.split()
     assert states == ["REQUEUED", "COMPLETED"], states
-    values = lambda p: [(r["step"], r["values"]) for r in effective_metrics(p.scan_records().records)]  # noqa: E731
-    assert values(pkg) == values(SavePackage.open(tmp_path / "reference" / "reference"))
+    assert step_values(pkg) == step_values(SavePackage.open(tmp_path / "reference" / "reference"))
     board = run_cli("status", "--runs", str(proj / "runs"), "--json")
     (row,) = json.loads(board.stdout)
     assert row["stops"] == {"REQUEUED": 1}
