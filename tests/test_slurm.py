@@ -247,31 +247,36 @@ def test_a_run_across_two_nodes_completes_and_every_rank_logs(slurm, tmp_path):
     assert records[-1]["values"]["val/acc"] == pytest.approx(single_process_val_acc(pkg), abs=1e-12)
 
 
-def test_a_job_requeued_while_running_checkpoints_and_its_next_start_continues(slurm, tmp_path):
-    """`scontrol requeue` of a running train job (requeue asked for: Slurm ends the job with
-    SIGTERM and queues it again, same id): the run checkpoints at its step and records the
-    reason REQUEUED; when the job starts again the run continues from that step and completes,
-    bit-identical to an uninterrupted run. sacct lists both starts of the job."""
+def test_a_requeued_then_cancelled_job_checkpoints_each_time_and_the_run_completes(slurm, tmp_path):
+    """A running train job is requeued (`scontrol requeue`: Slurm ends it with SIGTERM and queues
+    it again under the same id), then, in its second start, cancelled (`scancel`). Each time the
+    run checkpoints at its step and records why (REQUEUED, CANCELLED); the requeued job's next
+    start continues the run, and after the cancel Snakemake resubmits the job (train.retries),
+    whose run continues and completes, bit-identical to an uninterrupted run. sacct lists every
+    start; the manifest every stop with its reason."""
     overrides = ["trainer.max_epochs=400", "trainer.log_every_n_steps=1", "gpu.count=1", "seed=4"]
-    proj = make_project(tmp_path, workflow([""], overrides))
+    proj = make_project(tmp_path, workflow([""], overrides, retries=1))
     # Accounting outlives a cluster restarted with fresh state, whose job ids start again:
     # only this test's records.
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
     reference = start_reference(proj, tmp_path, overrides)
     workflow_proc = start_on_slurm(proj, tmp_path)
-    # Wait (no verdict on time) until the run is well into its training, then requeue its job.
-    pkg = None
-    for _ in range(1200):
-        found = packages(proj) if (proj / "runs").is_dir() else {}
-        if found:
-            (pkg,) = found.values()
-            progress = pkg.manifest().get("progress") or {}
-            if pkg.status() is Status.RUNNING and (progress.get("step") or 0) >= 200:
-                break
-        assert workflow_proc.poll() is None, workflow_proc.communicate()
-        time.sleep(0.25)
-    else:
-        pytest.fail("the run never got to step 200")
+
+    def running_past(step: int, attempts: int) -> SavePackage:
+        """Wait (no verdict on time) until the run's attempt `attempts` is past `step`."""
+        for _ in range(2400):
+            found = packages(proj) if (proj / "runs").is_dir() else {}
+            if found:
+                (pkg,) = found.values()
+                m = pkg.manifest()
+                if (pkg.status() is Status.RUNNING and len(m.get("attempts") or []) == attempts
+                        and ((m.get("progress") or {}).get("step") or 0) >= step):
+                    return pkg
+            assert workflow_proc.poll() is None, workflow_proc.communicate()
+            time.sleep(0.25)
+        pytest.fail(f"the run's attempt {attempts} never got past step {step}")
+
+    pkg = running_past(100, attempts=1)
     (job,) = pkg.manifest()["scheduler_jobs"]
     subprocess.run(["scontrol", "requeue", job["job_id"]], check=True)
     # Slurm holds a requeued job for two minutes (its BeginTime); this test need not wait them.
@@ -282,21 +287,27 @@ def test_a_job_requeued_while_running_checkpoints_and_its_next_start_continues(s
             subprocess.run(["scontrol", "update", f"JobId={job['job_id']}", "StartTime=now"], check=True)
             break
         time.sleep(0.2)
+    first_stop = pkg.manifest()["attempts"][0]["stopped"]["step"]
+    running_past(first_stop + 100, attempts=2)
+    subprocess.run(["scancel", job["job_id"]], check=True)
     out, err = workflow_proc.communicate(timeout=900)
     assert workflow_proc.returncode == 0, out[-3000:] + err[-3000:]
     assert reference.wait(timeout=600) == 0, reference.stderr.read()
     m = pkg.manifest()
     assert pkg.status() is Status.COMPLETED
-    (stop,) = [a["stopped"] for a in m["attempts"] if a.get("stopped")]
-    assert (stop["reason"], stop["signal"]) == ("REQUEUED", "SIGTERM")
-    assert [a["kind"] for a in m["attempts"]] == ["train", "continue"]
-    assert m["attempts"][1]["from_step"] == stop["step"] >= 200
-    # One job id, started twice: sacct shows the requeued start and the completed one.
-    assert [j["job_id"] for j in m["scheduler_jobs"]] == [job["job_id"]] * 2
-    states = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-S", since, "-j", job["job_id"], "-o", "State"],
-                            capture_output=True, text=True).stdout.split()
-    assert states == ["REQUEUED", "COMPLETED"], states
+    stops = [a["stopped"] for a in m["attempts"] if a.get("stopped")]
+    assert [(s["reason"], s["signal"]) for s in stops] == [("REQUEUED", "SIGTERM"), ("CANCELLED", "SIGTERM")]
+    assert [a["kind"] for a in m["attempts"]] == ["train", "continue", "continue"]
+    assert [a.get("from_step") for a in m["attempts"][1:]] == [s["step"] for s in stops]
+    # The requeued job started twice under its id; the resubmitted one is a job of its own.
+    ids = [j["job_id"] for j in m["scheduler_jobs"]]
+    assert ids[:2] == [job["job_id"]] * 2 and len(ids) == 3 and ids[2] != job["job_id"]
+    states = lambda job_id: subprocess.run(  # noqa: E731
+        ["sacct", "-n", "-X", "-D", "-P", "-S", since, "-j", job_id, "-o", "State"],
+        capture_output=True, text=True).stdout.splitlines()
+    assert states(job["job_id"]) == ["REQUEUED", "CANCELLED by 0"]
+    assert states(ids[2]) == ["COMPLETED"]
     assert step_values(pkg) == step_values(SavePackage.open(tmp_path / "reference" / "reference"))
     board = run_cli("status", "--runs", str(proj / "runs"), "--json")
     (row,) = json.loads(board.stdout)
-    assert row["stops"] == {"REQUEUED": 1}
+    assert row["stops"] == {"REQUEUED": 1, "CANCELLED": 1}

@@ -294,9 +294,26 @@ def test_the_time_limit_warning_is_armed_from_the_jobs_end_time(monkeypatch):
 def test_the_stop_reason_is_what_slurm_says_of_the_job(monkeypatch, fields, restart_count, reason):
     from expflow import interrupt
 
+    monkeypatch.setattr(interrupt, "_STARTED_RESTARTS", None)
     monkeypatch.setattr(interrupt, "_scontrol_job", lambda job: ["JobId=7", *fields])
     if restart_count is None:
         monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
     else:
         monkeypatch.setenv("SLURM_RESTART_COUNT", restart_count)
     assert interrupt.slurm_job_state("7") == reason
+
+
+def test_without_slurm_restart_count_the_restarts_seen_at_the_start_decide(monkeypatch):
+    """In the executor plugin's job step SLURM_RESTART_COUNT is gone: the run remembers the
+    job's restarts when it starts. A cancel in the second start of a requeued job is CANCELLED."""
+    from expflow import interrupt
+
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    monkeypatch.setattr(interrupt, "_STARTED_RESTARTS", None)  # put back after the test
+    fields = ["JobId=7", "JobState=RUNNING", "Restarts=1", "EndTime=Unknown"]
+    monkeypatch.setattr(interrupt, "_scontrol_job", lambda job: fields)
+    assert interrupt.arm_time_limit_warning({"SLURM_JOB_ID": "7"}) is None  # no warning asked for
+    assert interrupt._STARTED_RESTARTS == 1
+    assert interrupt.slurm_job_state("7") is None  # then CANCELLED (reason_for's default)
+    fields[2] = "Restarts=2"  # requeued again while this start runs
+    assert interrupt.slurm_job_state("7") == "REQUEUED"

@@ -110,20 +110,28 @@ STOP_BEFORE_END_ENV = "EXPFLOW_STOP_BEFORE_END_S"
 
 
 def arm_time_limit_warning(environ: dict[str, str] | None = None) -> Any:
-    """In a Slurm job with ``$EXPFLOW_STOP_BEFORE_END_S``: a daemon timer that sends this
-    process SIGUSR1 that many seconds before the job's end time (None when not in such a job,
-    the end is unknown, or it is nearer than that: the limit's SIGTERM still stops the run)."""
+    """At a run's start in a Slurm job: remembers how often the job had been restarted (a
+    later SIGTERM with more restarts is a requeue: :func:`slurm_job_state`) and, with
+    ``$EXPFLOW_STOP_BEFORE_END_S``, arms a daemon timer that sends this process SIGUSR1 that
+    many seconds before the job's end time. The timer, or None when not in such a job, the end
+    is unknown, or it is nearer than that (the limit's SIGTERM still stops the run)."""
     import threading
 
+    global _STARTED_RESTARTS
     environ = os.environ if environ is None else environ
-    seconds, job_id = environ.get(STOP_BEFORE_END_ENV), environ.get("SLURM_JOB_ID")
-    if not seconds or not job_id:
+    job_id = environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return None
+    fields = _job_fields(job_id)
+    _STARTED_RESTARTS = _as_int(fields.get("Restarts"))
+    seconds = environ.get(STOP_BEFORE_END_ENV)
+    if not seconds:
         return None
     try:
         lead = float(seconds)
     except ValueError:
         return None
-    end = slurm_job_end(job_id)
+    end = _timestamp(fields.get("EndTime"))
     if end is None:
         return None
     delay = end - time.time() - lead
@@ -135,17 +143,29 @@ def arm_time_limit_warning(environ: dict[str, str] | None = None) -> Any:
     return timer
 
 
-def slurm_job_end(job_id: str) -> float | None:
-    """The job's end time (start plus its time limit), as a timestamp; None if unknown."""
+# The job's restart count when this run started in it (arm_time_limit_warning); None: unknown.
+_STARTED_RESTARTS: int | None = None
+
+
+def _timestamp(value: str | None) -> float | None:
+    """A time ``scontrol`` printed (the controller's local time) as a timestamp; None if none."""
     from datetime import datetime
 
-    for field in _scontrol_job(job_id):
-        if field.startswith("EndTime="):
-            try:
-                return datetime.fromisoformat(field.partition("=")[2]).timestamp()  # the controller's local time
-            except ValueError:
-                return None
-    return None
+    try:
+        return datetime.fromisoformat(value).timestamp() if value else None
+    except ValueError:
+        return None
+
+
+def _as_int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _job_fields(job_id: str) -> dict[str, str]:
+    return dict(f.partition("=")[::2] for f in _scontrol_job(job_id))
 
 
 def _scontrol_job(job_id: str) -> list[str]:
@@ -158,20 +178,21 @@ def _scontrol_job(job_id: str) -> list[str]:
 
 def slurm_job_state(job_id: str | None) -> str | None:
     """The job's state when it is one of :data:`REASONS` (``scontrol show job``), else None.
-    REQUEUED: the job counts more restarts than when this start of it began
-    (``SLURM_RESTART_COUNT``): `scontrol requeue` (or a requeue on preemption) is ending it,
-    with JobState COMPLETING, to queue it again under the same id."""
+    REQUEUED: the job counts more restarts than when this run started in it
+    (``SLURM_RESTART_COUNT`` where the job's environment has it, else what
+    :func:`arm_time_limit_warning` saw): `scontrol requeue` (or a requeue on preemption) is
+    ending it, with JobState COMPLETING, to queue it again under the same id."""
     if not job_id:
         return None
-    fields = dict(f.partition("=")[::2] for f in _scontrol_job(job_id))
+    fields = _job_fields(job_id)
     state = fields.get("JobState")
     if state in (TIMEOUT, PREEMPTED, CANCELLED):
         return state
-    try:
-        if int(fields.get("Restarts", 0)) > int(os.environ.get("SLURM_RESTART_COUNT") or 0):
-            return REQUEUED
-    except ValueError:
-        pass
+    restarts = _as_int(fields.get("Restarts"))
+    started = _as_int(os.environ.get("SLURM_RESTART_COUNT"))
+    started = _STARTED_RESTARTS if started is None else started
+    if restarts is not None and restarts > (started or 0):
+        return REQUEUED
     return None
 
 
