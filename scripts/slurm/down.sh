@@ -29,7 +29,9 @@ for daemon in slurmd-node1 slurmd-node2 slurmd slurmctld slurmdbd mariadbd munge
 done
 # The nodes' network namespaces and their bridge (up.sh made them).
 if grep -qx net "$STARTED"; then
-  for i in 1 2; do ip netns del "exf-node$i" 2>/dev/null; rm -rf "/etc/netns/exf-node$i"; done
+  for i in 1 2; do
+    ip netns del "exf-node$i" 2>/dev/null; ip link del "exf-n$i" 2>/dev/null; rm -rf "/etc/netns/exf-node$i"
+  done
   ip link del exf0 2>/dev/null
 fi
 rm -f "$STARTED"

@@ -70,6 +70,7 @@ multi_net() {
   for i in 1 2; do
     ip netns list | grep -qw "exf-node$i" || ip netns add "exf-node$i" || return 1
     if ! ip -n "exf-node$i" link show eth0 >/dev/null 2>&1; then
+      ip link del "exf-n$i" 2>/dev/null  # a stale end of an earlier pair
       ip link add "exf-n$i" type veth peer name eth0 netns "exf-node$i" || return 1
       ip link set "exf-n$i" master exf0 up && ip -n "exf-node$i" addr add "$NET.$((i + 1))/24" dev eth0 || return 1
     fi
