@@ -217,13 +217,14 @@ def test_a_time_limit_warning_stops_the_run_and_the_resubmitted_job_continues_it
 
 def test_a_run_across_two_nodes_completes_and_every_rank_logs(slurm, tmp_path):
     """trainer.nodes=2 under the Slurm profile: the train job gets two nodes of partition
-    `multi` (two slurmd in network namespaces, scripts/slurm/up.sh) and runs one torchrun on
-    each, 2 ranks per node, gloo, rendezvous at the allocation's first host. Rank 0 writes
+    `multi` (two slurmd in network namespaces, scripts/slurm/up.sh) with gpu.count=2 simulated
+    GPUs on each, and runs one torchrun on each, 2 ranks per node, gloo (no CUDA here),
+    rendezvous at the allocation's first host. Rank 0 writes
     the package; every rank, on either node, writes its log there. The validation metrics the
     4 ranks reduced equal a single-process evaluation of the final model."""
     if "multi" not in subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True).stdout:
         pytest.fail("no partition `multi` on the test cluster (scripts/slurm/up.sh makes it)")
-    wf = workflow([""], ["trainer.max_epochs=2", "gpu.count=0", "trainer.nodes=2", "trainer.processes=2"])
+    wf = workflow([""], ["trainer.max_epochs=2", "gpu.count=2", "trainer.nodes=2", "trainer.processes=2"])
     wf["slurm"]["partition"] = "multi"
     proj = make_project(tmp_path, wf)
     proc = run_on_slurm(proj, tmp_path)
@@ -237,8 +238,14 @@ def test_a_run_across_two_nodes_completes_and_every_rank_logs(slurm, tmp_path):
     nodes = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job["job_id"], "-o", "NodeList,AllocNodes"],
                            capture_output=True, text=True).stdout.split()[0]
     assert nodes == "node[1-2]|2" and sacct_state(job["job_id"]) == "COMPLETED"
+    # The torchrun step (the job's second, after the plugin's own) got gpu.count GPUs on each node.
+    tres = subprocess.run(["sacct", "-n", "-P", "-j", f"{job['job_id']}.1", "-o", "NodeList,AllocTRES"],
+                          capture_output=True, text=True).stdout.split()[0]
+    assert tres.startswith("node[1-2]|") and "gres/gpu=4" in tres, tres
     for rank in range(4):
-        assert f"rank {rank} of 4 on node{rank // 2 + 1}" in pkg.log_path(rank, "out").read_text()
+        # Each node's ranks see that node's 2 GPUs (and train on the CPU: no CUDA here).
+        assert (f"rank {rank} of 4 on node{rank // 2 + 1} (local rank {rank % 2}, cpu, CUDA_VISIBLE_DEVICES=0,1)"
+                in pkg.log_path(rank, "out").read_text())
     # Rank 0 alone reported progress.
     assert " epoch " in pkg.log_path(0, "out").read_text()
     assert all(" epoch " not in pkg.log_path(r, "out").read_text() for r in (1, 2, 3))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start a Slurm test cluster on this machine: accounting (slurmdbd + MariaDB), partition
 # `debug` (node `localhost`, 4 simulated GPUs: gres on character devices) and partition
-# `multi` (nodes `node1` and `node2`, for runs across nodes). Debian, as root, no systemd.
+# `multi` (nodes `node1` and `node2`, 2 simulated GPUs each, for runs across nodes).
+# Debian, as root, no systemd.
 # Installs the Debian packages when they are missing. Stop it with scripts/slurm/down.sh.
 #
 # Two nodes on one machine: Debian's Slurm (22.05) is built without --enable-multiple-slurmd
@@ -52,6 +53,10 @@ chown mysql:mysql /run/mysqld
 for i in $(seq 0 $((GPUS - 1))); do
   [ -e "$STATE/gpus/nvidia$i" ] || mknod "$STATE/gpus/nvidia$i" c 195 "$i"
 done
+for node in node1 node2; do  # 2 simulated GPUs on each node of partition multi
+  mkdir -p "$STATE/gpus/$node"
+  for i in 0 1; do [ -e "$STATE/gpus/$node/nvidia$i" ] || mknod "$STATE/gpus/$node/nvidia$i" c 195 "$i"; done
+done
 
 # -- munge ------------------------------------------------------------------------
 if ! pgrep -x munged >/dev/null; then
@@ -91,11 +96,13 @@ if [ "$MULTI" = 1 ]; then
   CTLD="localhost($NET.1)"  # the nodes in their namespaces reach slurmctld on the bridge
   # Before `localhost`: while a node named localhost is the only one, slurmctld takes any
   # name it looks up for it ("Duplicated NodeHostName node1").
-  NODES="NodeName=node1 NodeAddr=$NET.2 CPUs=$NODE_CPUS RealMemory=4000 State=UNKNOWN
-NodeName=node2 NodeAddr=$NET.3 CPUs=$NODE_CPUS RealMemory=4000 State=UNKNOWN"
+  NODES="NodeName=node1 NodeAddr=$NET.2 CPUs=$NODE_CPUS RealMemory=4000 Gres=gpu:2 State=UNKNOWN
+NodeName=node2 NodeAddr=$NET.3 CPUs=$NODE_CPUS RealMemory=4000 Gres=gpu:2 State=UNKNOWN"
+  NODE_GRES="NodeName=node1 Name=gpu File=$STATE/gpus/node1/nvidia[0-1]
+NodeName=node2 Name=gpu File=$STATE/gpus/node2/nvidia[0-1]"
   MULTI_PARTITION="PartitionName=multi Nodes=node[1-2] MaxTime=INFINITE State=UP"
 else
-  CTLD=localhost NODES="" MULTI_PARTITION=""
+  CTLD=localhost NODES="" MULTI_PARTITION="" NODE_GRES=""
 fi
 cat >/etc/slurm/slurm.conf <<CONF
 ClusterName=$CLUSTER
@@ -121,6 +128,7 @@ ReturnToService=2
 SlurmdParameters=config_overrides
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
+AccountingStorageTRES=gres/gpu
 JobAcctGatherType=jobacct_gather/none
 GresTypes=gpu
 $NODES
@@ -131,6 +139,7 @@ CONF
 cat >/etc/slurm/gres.conf <<CONF
 AutoDetect=off
 NodeName=localhost Name=gpu File=$STATE/gpus/nvidia[0-$((GPUS - 1))]
+$NODE_GRES
 CONF
 
 # -- accounting: MariaDB + slurmdbd -------------------------------------------------
@@ -179,7 +188,7 @@ if [ "$MULTI" = 1 ]; then
       started "slurmd-node$i"; }
   done
   wait_for 60 "idle nodes node1, node2" bash -c '[ "$(sinfo -h -p multi -o %T | head -1)" = idle ]'
-  log "up: partition multi, nodes node1 ($NET.2) and node2 ($NET.3), $NODE_CPUS CPUs each"
+  log "up: partition multi, nodes node1 ($NET.2) and node2 ($NET.3), $NODE_CPUS CPUs and 2 GPUs each"
 else
   log "no partition multi: network namespaces cannot be made here ($(tail -n 1 "$STATE/log/net.log"))"
 fi

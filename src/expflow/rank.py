@@ -131,7 +131,10 @@ def _execute(pkg: SavePackage, resume: str | int | None, env: Any, logs: Any, st
         host = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
         hosts = distributed.gather_objects(host)
         if env.distributed:  # every rank's log says where it ran
-            print(f"rank {env.rank} of {env.world_size} on {host} (local rank {env.local_rank}, {device})", flush=True)
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            gpus = f", CUDA_VISIBLE_DEVICES={visible}" if visible is not None else ""
+            print(f"rank {env.rank} of {env.world_size} on {host} (local rank {env.local_rank}, {device}{gpus})",
+                  flush=True)
         if cfg.trainer.threads:
             torch.set_num_threads(int(cfg.trainer.threads))
         seed_everything(int(cfg.seed), bool(cfg.trainer.deterministic), cuda=device.type == "cuda")
