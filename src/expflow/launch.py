@@ -140,7 +140,10 @@ def run_package(pkg: SavePackage, *, from_snapshot: bool = True, wait: bool = Tr
         try:
             if is_command(cfg):  # the program is the child; this process supervises it
                 return run_command(pkg, resume=resume, extra_env=placement.env)
-            if from_snapshot or real_gpus or int(cfg.trainer.processes) > 1 or int(cfg.trainer.nodes) > 1:
+            # (A package made before trainer.nodes existed has none: one node.)
+            across = int(OmegaConf.select(cfg, "trainer.processes", default=1)) > 1 or \
+                int(OmegaConf.select(cfg, "trainer.nodes", default=1)) > 1
+            if from_snapshot or real_gpus or across:
                 # A child process: CUDA_VISIBLE_DEVICES must be set before CUDA starts.
                 return launch(pkg, resume=resume, from_snapshot=from_snapshot, extra_env=placement.env)
             os.environ.update(placement.env)
