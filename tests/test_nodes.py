@@ -27,7 +27,7 @@ def scontrol(tmp_path, monkeypatch):
     script.write_text(
         "#!/usr/bin/env python3\n"
         "import os, re, sys\n"
-        "a = sys.argv[1:]\n"
+        "a = [x for x in sys.argv[1:] if x != '-o']\n"
         "if a[:2] == ['show', 'job']:\n"
         "    print(f\"JobId={a[-1]} JobState=RUNNING NodeList={os.environ['FAKE_NODELIST']} NumNodes=2\")\n"
         "elif a[:2] == ['show', 'hostnames']:\n"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -122,7 +123,7 @@ def arm_time_limit_warning(environ: dict[str, str] | None = None) -> Any:
     job_id = environ.get("SLURM_JOB_ID")
     if not job_id:
         return None
-    fields = _job_fields(job_id)
+    fields = job_fields(job_id)
     _STARTED_RESTARTS = _as_int(fields.get("Restarts"))
     seconds = environ.get(STOP_BEFORE_END_ENV)
     if not seconds:
@@ -164,7 +165,8 @@ def _as_int(value: str | None) -> int | None:
         return None
 
 
-def _job_fields(job_id: str) -> dict[str, str]:
+def job_fields(job_id: str) -> dict[str, str]:
+    """``scontrol show job -o``'s fields of the job (empty when scontrol cannot say)."""
     return dict(f.partition("=")[::2] for f in _scontrol_job(job_id))
 
 
@@ -184,7 +186,7 @@ def slurm_job_state(job_id: str | None) -> str | None:
     ending it, with JobState COMPLETING, to queue it again under the same id."""
     if not job_id:
         return None
-    fields = _job_fields(job_id)
+    fields = job_fields(job_id)
     state = fields.get("JobState")
     if state in (TIMEOUT, PREEMPTED, CANCELLED):
         return state
@@ -240,4 +242,14 @@ def ignore_usr1() -> None:
     """In a launched child before exec: SIGUSR1 ignored (torchrun would die of it); expflow's
     ranks install their own handler."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
+def prepare_training_child() -> None:
+    """``preexec_fn`` of a launcher's training child (torchrun, srun, a rank): SIGUSR1 ignored
+    until the ranks handle it, and on Linux the child dies with the launcher."""
+    ignore_usr1()
+    if sys.platform == "linux":
+        from expflow.outcome import die_with_parent
+
+        die_with_parent()
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from expflow.errors import ExpflowError, PackageError, RunCrashed
-from expflow.outcome import RunResult, die_with_parent
+from expflow.outcome import RunResult
 from expflow.package import SavePackage, Status
 from expflow.paths import check_package_writable, check_writable
 
@@ -252,15 +252,10 @@ def launch(
                f"--nproc-per-node={processes}", *worker]
     else:
         cmd = [sys.executable, *worker]
-    from expflow.interrupt import Forwarder, ignore_usr1
-
-    def prepare_child() -> None:
-        ignore_usr1()
-        if sys.platform == "linux":
-            die_with_parent()
+    from expflow.interrupt import Forwarder, prepare_training_child
 
     with pkg.claim():  # a QUEUED package (a rerun's): killed before the child starts, it shows CRASHED
-        child = subprocess.Popen(cmd, env=env, preexec_fn=prepare_child)
+        child = subprocess.Popen(cmd, env=env, preexec_fn=prepare_training_child)
         # A stop signal: to the ranks (srun passes it to every node's agent, which does so).
         with Forwarder(child.pid, through_torchrun=processes > 1 and nodes == 1):
             child.wait()

@@ -4,7 +4,8 @@ The launcher (:func:`expflow.launch.launch`, in the run's train job on one node 
 allocation) starts ``srun --overlap --nodes=N --ntasks-per-node=1 python -m expflow.nodes ...``;
 on each node this module's agent starts torchrun for that node's ``trainer.processes`` ranks
 with a static rendezvous: ``--nnodes=N --node-rank=$SLURM_NODEID`` and the first host of the
-allocation (``SLURM_JOB_NODELIST``, expanded by ``scontrol show hostnames``) as the endpoint,
+allocation (the job's NodeList from ``scontrol show job``, expanded by ``scontrol show
+hostnames``) as the endpoint,
 where node rank 0's torchrun holds the store. Ranks are numbered node by node (rank 0 on the
 first host); gloo on CPU, nccl on GPU (:mod:`expflow.distributed`). Rank 0 alone writes the
 package; every rank writes its own log there (``logs/rank<N>.out``/``.err``).
@@ -54,7 +55,10 @@ def allocation(nodes: int, environ: dict[str, str] | None = None) -> Allocation:
                           "this process is in none (valid here: trainer.nodes=1)")
     # The job's nodes from the controller: in a job step (the executor plugin runs the train
     # job in one of a single node) SLURM_JOB_NODELIST names the step's nodes only.
-    nodelist = _job_field(job_id, "NodeList") or environ.get("SLURM_JOB_NODELIST")
+    from expflow.interrupt import job_fields
+
+    nodelist = job_fields(job_id).get("NodeList")
+    nodelist = nodelist if nodelist and nodelist != "(null)" else environ.get("SLURM_JOB_NODELIST")
     hosts = _expand(nodelist) if nodelist else ()
     if len(hosts) < nodes:
         raise ConfigError(f"trainer.nodes={nodes}: Slurm job {job_id} has {len(hosts)} node(s) "
@@ -103,19 +107,6 @@ def _expand(nodelist: str) -> tuple[str, ...]:
     return tuple(h for h in out.split() if h)
 
 
-def _job_field(job_id: str, field: str) -> str | None:
-    try:
-        out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True,
-                             timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    for item in out.split():
-        key, _, value = item.partition("=")
-        if key == field and value and value != "(null)":
-            return value
-    return None
-
-
 # -- the agent on each node ------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """``python -m expflow.nodes --nodes N --processes P --master HOST --port PORT -- <worker args>``:
@@ -134,15 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={args.nodes}", f"--node-rank={node_rank}",
            f"--master-addr={args.master}", f"--master-port={args.port}", f"--nproc-per-node={args.processes}",
            "-m", "expflow.worker", *worker]
-    from expflow.interrupt import Forwarder, ignore_usr1
-    from expflow.outcome import die_with_parent
+    from expflow.interrupt import Forwarder, prepare_training_child
 
-    def prepare_child() -> None:
-        ignore_usr1()
-        if sys.platform == "linux":
-            die_with_parent()
-
-    child = subprocess.Popen(cmd, preexec_fn=prepare_child)
+    child = subprocess.Popen(cmd, preexec_fn=prepare_training_child)
     with Forwarder(child.pid, through_torchrun=True):  # a stop signal: to this node's ranks
         child.wait()
     code = child.returncode
