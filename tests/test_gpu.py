@@ -199,7 +199,7 @@ def test_a_waiter_sleeps_until_a_release_hands_it_the_device(sim, monkeypatch):
     assert lease.devices == b.devices and lease.pid == os.getpid() and lease.owner == "w1"
     assert len(sleeps) == 1  # woken once, by the release
     assert table._read().waiters == []
-    assert list(table.waiter_dir.iterdir()) == []  # its FIFO is gone
+    assert os.listdir(table.waiter_dir) == []  # its FIFO is gone
     lease.release()
     a.release()
     assert table.active() == []
@@ -290,7 +290,7 @@ def test_a_waiter_that_times_out_leaves_the_queue(sim):
     with pytest.raises(LeaseError, match=r"no 1 GPU\(s\) .* \(waited 0.2 s\)") as info:
         lease_gpus(1, 0, 1, table=table, timeout=0.2)
     assert "\n" not in str(info.value)
-    assert table._read().waiters == [] and list(table.waiter_dir.iterdir()) == []
+    assert table._read().waiters == [] and os.listdir(table.waiter_dir) == []
     held.release()
     assert lease_gpus(1, 0, 1, table=table, wait=False).devices == [0]
 
@@ -299,7 +299,7 @@ def test_a_table_of_an_earlier_version_is_read(sim):
     table = sim("2x1000")
     old = Lease(id="old", devices=[0], mem_mb=0, owner="old", host=HOST, pid=os.getpid(),
                 pid_started=None, time=time.time())
-    table.path.write_text(json.dumps([old.to_json()]))  # a bare list of leases
+    Path(table.path).write_text(json.dumps([old.to_json()]))  # a bare list of leases
     assert [le.id for le in table.active()] == ["old"]
     assert lease_gpus(1, 0, 1, table=table, wait=False).devices == [1]
 
@@ -344,7 +344,7 @@ def test_a_killed_waiter_does_not_hold_the_queue(sim):
     held[0].release()  # the dead waiter first in the queue would hold this back; it is dropped instead
     assert small.get().devices == held[0].devices
     assert [w.owner for w in table._read().waiters] == []
-    assert not any(table.waiter_dir.iterdir())
+    assert not any(os.listdir(table.waiter_dir))
     held[1].release()
 
 

@@ -84,7 +84,11 @@ import sys
 
 import expflow.gpu as gpu
 
-HEAVY = ("omegaconf", "expflow.launch", "expflow.package.package", "rich", "torch")
+# The package, OmegaConf and the trainer; and what Python's own dataclasses, pathlib,
+# typing and argparse would add to every train job's start (~15 ms, twice that with the
+# cores busy) while the device it is about to lease waits.
+HEAVY = ("omegaconf", "expflow.launch", "expflow.package.package", "rich", "torch",
+         "argparse", "dataclasses", "pathlib", "typing")
 seen = []
 real = gpu.place_job
 
@@ -213,3 +217,14 @@ def test_workflow_trains_longer_runs_first_on_a_single_gpu(tmp_path):
     ranked = sorted(by_epochs, key=lambda e: next(iter(by_epochs[e])))
     assert ranked == sorted(by_epochs, key=lambda e: seconds[next(
         p.path.name for p in pkgs if int(p.config().trainer.max_epochs) == e)])
+
+
+def test_the_train_rules_run_command_is_read_without_argparse_and_anything_else_by_it():
+    from expflow.cli import build_parser, plain_run
+
+    for argv in (["run", "runs/abc"], ["run", "runs/abc", "--working-tree"], ["run", "--working-tree", "runs/abc"]):
+        args = build_parser().parse_args(argv)  # the fast reading says what argparse says
+        assert plain_run(argv) == (args.package, args.working_tree)
+    for argv in (["run"], ["run", "-h"], ["run", "--help"], ["run", "a", "b"], ["run", "--", "-x"], ["run", ""],
+                 ["show", "runs/abc"], ["run", "--working-tree"]):
+        assert plain_run(argv) is None, argv  # help, errors and other commands: the full parser

@@ -1,5 +1,3 @@
-import sys
+from expflow.cli import command
 
-from expflow.cli import main
-
-sys.exit(main())
+command()

@@ -3,20 +3,20 @@ the package; every ExpflowError becomes one line and a non-zero exit."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
-from collections.abc import Sequence
-from contextlib import ExitStack
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from expflow import __version__
-from expflow.clihelp import HelpFormatter, OneLineParser, describe_commands
 from expflow.errors import ExpflowError, PackageError
 
+# Every train job starts with `expflow run DIR`, and the device it is about to lease waits
+# meanwhile: this module imports nothing more at its top (argparse, json, pathlib and typing
+# are imported where they are used), and `expflow run` leases before it parses with argparse.
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+
     from expflow.package import SavePackage
 
 
@@ -28,6 +28,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     pkg = SavePackage.open(args.package)
     summary = package_summary(pkg)
     if args.json:
+        import json
+
         print(json.dumps(summary, indent=2, default=str))
     else:
         render_summary(summary, pkg, output_console())
@@ -90,7 +92,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             "after the workflow was planned (run snakemake again)"
         )
     run_id = args.run_id or actual
-    target = Path(args.runs) / run_id
+    target = os.path.join(args.runs, run_id)
     if is_package(target):
         SavePackage.open(target)  # an existing package of this very config: nothing to do
         print(f"{target}: package exists")
@@ -101,20 +103,26 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    # The train job's command. It leases its GPUs first, from the request the manifest
-    # records, and only then imports the package, OmegaConf and the launcher (~0.3 s): a
-    # device freed by one job is taken by the next within ~0.1 s. A package that cannot say
-    # (damaged, older, finished) is leased the usual way, after its checks.
+    return run_job(args.package, working_tree=args.working_tree)
+
+
+def run_job(package: str, *, working_tree: bool = False) -> int:
+    """`expflow run`: the train job's command. It leases its GPUs first, from the request the
+    manifest records, and only then imports the package, OmegaConf and the launcher (~0.3 s):
+    a device freed by one job is taken by the next within ~0.1 s. A package that cannot say
+    (damaged, older, finished) is leased the usual way, after its checks."""
+    from contextlib import ExitStack
+
     from expflow.gpu import LeaseError, place_job
     from expflow.package.manifest import lease_request
 
-    request = lease_request(args.package)
-    owner = str(Path(args.package).resolve())
+    request = lease_request(package)
+    owner = os.path.realpath(package)
 
     def waiting() -> None:  # only while it waits: then the imports cost nothing
         from expflow.package import SavePackage, Status
 
-        SavePackage.open(args.package).set_status(
+        SavePackage.open(package).set_status(
             Status.QUEUED, note=f"waiting for {request['count']} GPU(s)", claim=True)  # type: ignore[index]
 
     with ExitStack() as leased:
@@ -127,7 +135,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from expflow.launch import record_release, run_package
         from expflow.package import SavePackage
 
-        pkg = SavePackage.open(args.package)
+        pkg = SavePackage.open(package)
         if placement is not None and request != config_lease_request(pkg):
             leased.close()  # the manifest's copy disagrees with the config (edited): the config decides
             placement = None
@@ -138,14 +146,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 return False
 
             leased.push(released)
-        result = run_package(pkg, from_snapshot=not args.working_tree, placement=placement)
+        result = run_package(pkg, from_snapshot=not working_tree, placement=placement)
         note = cpu_fallback_note(pkg)
-    # Released: from here to the exit, the freed device waits for the next job. The final
-    # garbage collection of the ~300 modules loaded would take ~50 ms of that; frozen, it is
-    # skipped (reference counting still closes and flushes everything as the modules go).
-    import gc
-
-    gc.freeze()
+    # Released: from here to the exit, the freed device waits for the next job (see command()).
     print(f"{pkg.run_id}: {result.status.value}")
     if note:
         print(note, file=sys.stderr)
@@ -194,15 +197,21 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_run)
 
 
-def run_parser() -> argparse.ArgumentParser:
-    """The parser of `expflow run` alone. Every train job starts with that command; the
-    full parser imports each command's module (~0.2 s), which would keep a freed GPU idle."""
-    parser = OneLineParser(prog="expflow")
-    add_run_parser(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    return parser
+def plain_run(argv: list[str]) -> tuple[str, bool] | None:
+    """(package, --working-tree) of `expflow run DIR [--working-tree]`, the train rule's
+    command, read without argparse (~5 ms of a job's start); None for anything else,
+    which the full parser reads (help, errors, other commands)."""
+    if argv[:1] != ["run"]:
+        return None
+    rest = [a for a in argv[1:] if a != "--working-tree"]
+    if len(rest) != 1 or rest[0].startswith("-") or not rest[0]:
+        return None
+    return rest[0], len(rest) != len(argv) - 1
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from expflow.clihelp import HelpFormatter, OneLineParser, describe_commands
+
     parser = OneLineParser(
         prog="expflow", formatter_class=HelpFormatter,
         description="Declarative ML experiments: every run is a save-package (config, code snapshot, metrics, "
@@ -268,10 +277,11 @@ COMMAND_MODULES: list[str] = [
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    plain_run = argv[:1] == ["run"] and not {"-h", "--help"} & set(argv)
-    parser = run_parser() if plain_run else build_parser()
-    args = parser.parse_args(argv)
+    run = plain_run(argv)
     try:
+        if run is not None:
+            return run_job(run[0], working_tree=run[1])
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except ExpflowError as e:
         return e.report()
@@ -283,5 +293,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141
 
 
+def command() -> None:
+    """The ``expflow`` console script and ``python -m expflow``: :func:`main`, then the exit.
+    The train job's `expflow run DIR` exits without the interpreter's teardown (see
+    :func:`exit_now`): its device is released by then, and the next job cannot start before
+    this process has exited."""
+    code = main()
+    if plain_run(sys.argv[1:]) is not None:
+        exit_now(code)
+    sys.exit(code)
+
+
+def exit_now(code: int) -> None:
+    """Exit as a normal exit would, less the teardown of the ~300 modules loaded (~10 ms,
+    twice that with the cores busy): the atexit handlers run and the standard streams are
+    flushed first, and every file expflow writes is closed (and its important ones synced)
+    before it returns. With a thread of ours still running, the exit waits for it, as usual."""
+    import atexit
+    import threading
+
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream: an ordinary exit would fail to flush it too
+            code = code or 120
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    command()

@@ -14,6 +14,11 @@ scheduler (Slurm) limits each job to the devices it granted.
 Devices come from NVML (``nvidia-ml-py``), or from a simulated inventory:
 ``EXPFLOW_SIMULATED_GPUS=4x81920`` (four devices of 80 GiB; terms may be mixed,
 ``2x81920,1x40960``), whose free memory is its total minus the leased estimates.
+
+Every train job's command (``expflow run``) imports this module before it leases, while
+the device it is about to get waits idle: it imports only what that needs (no dataclasses,
+pathlib or typing, ~9 ms of a job's start and twice that with the cores busy), so its
+records are plain classes and its paths strings.
 """
 
 from __future__ import annotations
@@ -24,16 +29,18 @@ import os
 import select
 import threading
 import time
-from collections.abc import Iterator
+from collections import namedtuple
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import SimpleNamespace
 
 from expflow.errors import ConfigError, ExpflowError
 from expflow.package.status import HOST, process_alive, process_identity
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (see above)
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
+
     import torch
 
 SIMULATED_ENV = "EXPFLOW_SIMULATED_GPUS"
@@ -49,14 +56,10 @@ class LeaseError(ExpflowError):
     """No lease can be had (and waiting was not allowed or timed out)."""
 
 
-@dataclass(frozen=True)
-class Device:
-    index: int  # NVML index (physical order)
-    name: str
-    uuid: str
-    total_mb: int
-    free_mb: int
-    simulated: bool = False
+class Device(namedtuple("Device", "index name uuid total_mb free_mb simulated", defaults=(False,))):
+    """One device: its NVML index (physical order), name, UUID, total and free MiB."""
+
+    __slots__ = ()
 
     @property
     def ident(self) -> str:
@@ -64,18 +67,22 @@ class Device:
         return str(self.index)
 
 
-@dataclass
-class Lease:
-    id: str
-    devices: list[int]
-    mem_mb: int
-    owner: str
-    host: str
-    pid: int
-    pid_started: float | None
-    time: float
-    table: Path | None = field(default=None, repr=False, compare=False)
-    max_jobs: int | None = None  # the holder's gpu.max_jobs_per_gpu: no more jobs join it on its devices
+class Lease(SimpleNamespace):
+    """A job's devices, as the table records it; ``table``: the table it is released from
+    (None once released; not recorded). ``max_jobs``: the holder's gpu.max_jobs_per_gpu, no
+    more jobs join it on its devices."""
+
+    FIELDS = ("id", "devices", "mem_mb", "owner", "host", "pid", "pid_started", "time", "max_jobs")
+
+    def __init__(self, id: str, devices: list[int], mem_mb: int, owner: str, host: str, pid: int,
+                 pid_started: float | None, time: float, table: str | None = None, max_jobs: int | None = None):
+        super().__init__(id=id, devices=devices, mem_mb=mem_mb, owner=owner, host=host, pid=pid,
+                         pid_started=pid_started, time=time, table=table, max_jobs=max_jobs)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Lease) and self.to_json() == other.to_json()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as a dataclass
 
     @property
     def cuda_visible_devices(self) -> str:
@@ -93,7 +100,7 @@ class Lease:
         self.release()
 
     def to_json(self) -> dict[str, Any]:
-        d = dict(self.__dict__)  # asdict's deep copy costs ~20x more; the fields are flat
+        d = dict(self.__dict__)  # the fields are flat
         d.pop("table")
         d["devices"] = list(self.devices)
         return d
@@ -173,7 +180,7 @@ def discover(leases: list[Lease] | None = None) -> list[Device]:
     devices = _inventory()
     if devices and devices[0].simulated:
         tally = _Tally(leases or [])
-        devices = [replace(d, free_mb=max(tally.free(d), 0)) for d in devices]
+        devices = [d._replace(free_mb=max(tally.free(d), 0)) for d in devices]
     granted = granted_devices()
     if granted is not None:
         devices = [d for d in devices if _permitted(d, sorted(granted))]
@@ -189,46 +196,42 @@ def granted_devices() -> set[str] | None:
 
 
 # -- the lease table -------------------------------------------------------------------
-def default_lease_dir() -> Path:
+def default_lease_dir() -> str:
     explicit = os.environ.get(LEASE_DIR_ENV)
     if explicit:
-        return Path(explicit)
+        return explicit
     base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
-    return Path(base) / f"expflow-{os.getuid()}" / "gpu-leases"
+    return os.path.join(base, f"expflow-{os.getuid()}", "gpu-leases")
 
 
-@dataclass
-class _Waiter:
-    """A queued request: its place (``seq``), what it needs, and who waits."""
+class _Waiter(SimpleNamespace):
+    """A queued request: its place (``seq``), what it needs, and who waits. ``id``: the id
+    its lease will have; ``view``: the inventory it was made against (a simulated spec, or
+    "nvml"); ``allowed``: the scheduler's grant (CUDA_VISIBLE_DEVICES) of the waiter."""
 
-    id: str  # the id its lease will have
-    seq: int
-    count: int
-    mem_mb: int
-    max_jobs: int
-    owner: str
-    host: str
-    pid: int
-    pid_started: float | None
-    time: float
-    view: str  # the inventory it was made against (a simulated spec, or "nvml")
-    allowed: list[str] | None = None  # the scheduler's grant (CUDA_VISIBLE_DEVICES) of the waiter
+    FIELDS = ("id", "seq", "count", "mem_mb", "max_jobs", "owner", "host", "pid", "pid_started", "time",
+              "view", "allowed")
+
+    def __init__(self, id: str, seq: int, count: int, mem_mb: int, max_jobs: int, owner: str, host: str,
+                 pid: int, pid_started: float | None, time: float, view: str, allowed: list[str] | None = None):
+        super().__init__(id=id, seq=seq, count=count, mem_mb=mem_mb, max_jobs=max_jobs, owner=owner, host=host,
+                         pid=pid, pid_started=pid_started, time=time, view=view, allowed=allowed)
 
 
-@dataclass
 class _State:
-    leases: list[Lease] = field(default_factory=list)
-    waiters: list[_Waiter] = field(default_factory=list)
-    seq: int = 0  # the last ticket handed out
+    def __init__(self, leases: list[Lease] | None = None, waiters: list[_Waiter] | None = None, seq: int = 0):
+        self.leases = leases if leases is not None else []
+        self.waiters = waiters if waiters is not None else []
+        self.seq = seq  # the last ticket handed out
 
 
-@dataclass
 class _Outcome:
-    changed: bool = False
-    lease: Lease | None = None  # the caller's own lease (a request that fit)
-    waiter: _Waiter | None = None  # the caller's queue entry (a request that did not fit)
-    wake: list[str] = field(default_factory=list)  # waiter ids to notify once the lock is released
-    dropped: list[str] = field(default_factory=list)  # waiters found dead: their FIFOs go
+    def __init__(self) -> None:
+        self.changed = False
+        self.lease: Lease | None = None  # the caller's own lease (a request that fit)
+        self.waiter: _Waiter | None = None  # the caller's queue entry (a request that did not fit)
+        self.wake: list[str] = []  # waiter ids to notify once the lock is released
+        self.dropped: list[str] = []  # waiters found dead: their FIFOs go
 
 
 class _TableLock:
@@ -291,7 +294,7 @@ def _from_json(cls: type[Any], items: Any) -> list[Any]:
             out.append(cls(**item))
         except TypeError:  # a field this version does not know (kept out), or one missing (unusable)
             try:
-                out.append(cls(**{k: v for k, v in item.items() if k in cls.__dataclass_fields__}))
+                out.append(cls(**{k: v for k, v in item.items() if k in cls.FIELDS}))
             except TypeError:
                 continue
     return out
@@ -397,16 +400,17 @@ class LeaseTable:
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None):
-        self.path = Path(path) if path is not None else default_lease_dir() / "leases.json"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.lock = _TableLock(str(self.path) + ".lock")
-        self.waiter_dir = self.path.with_name(self.path.stem + ".waiters")
+        self.path = os.fspath(path) if path is not None else os.path.join(default_lease_dir(), "leases.json")
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        self.lock = _TableLock(self.path + ".lock")
+        self.waiter_dir = os.path.splitext(self.path)[0] + ".waiters"
 
     # -- the file ---------------------------------------------------------------------
     def _read(self) -> _State:
         """The table as last written. Safe without the lock: writes are atomic renames."""
         try:
-            raw = json.loads(self.path.read_bytes())
+            with open(self.path, "rb") as f:
+                raw = json.loads(f.read())
         except FileNotFoundError:
             return _State()
         except (OSError, ValueError):
@@ -426,7 +430,8 @@ class LeaseTable:
         data = json.dumps({"version": TABLE_VERSION, "seq": st.seq,
                            "leases": [le.to_json() for le in st.leases],
                            "waiters": [dict(w.__dict__) for w in st.waiters]}, separators=(",", ":")).encode()
-        tmp = self.path.with_name(f".{self.path.name}.tmp")  # one writer at a time: the lock's holder
+        head, name = os.path.split(self.path)
+        tmp = os.path.join(head, f".{name}.tmp")  # one writer at a time: the lock's holder
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         try:
             view = memoryview(data)
@@ -436,8 +441,8 @@ class LeaseTable:
             os.close(fd)
         os.replace(tmp, self.path)
 
-    def _fifo(self, waiter_id: str) -> Path:
-        return self.waiter_dir / f"{waiter_id}.fifo"
+    def _fifo(self, waiter_id: str) -> str:
+        return os.path.join(self.waiter_dir, f"{waiter_id}.fifo")
 
     def _notify(self, waiter_ids: list[str]) -> None:
         for wid in dict.fromkeys(waiter_ids):
@@ -458,7 +463,7 @@ class LeaseTable:
             self._write(st)
         for wid in out.dropped:
             with suppress(OSError):
-                self._fifo(wid).unlink()
+                os.unlink(self._fifo(wid))
 
     # -- the pass ---------------------------------------------------------------------
     def _settle(self, st: _State, request: _Waiter | None = None, enqueue: bool = False,
@@ -598,20 +603,20 @@ class LeaseTable:
     def _open_fifo(self, waiter_id: str) -> int | None:
         path = self._fifo(waiter_id)
         try:
-            self.waiter_dir.mkdir(parents=True, exist_ok=True)
+            os.makedirs(self.waiter_dir, exist_ok=True)
             os.mkfifo(path, 0o600)
             # Read and write: the FIFO then never reports end-of-file, only data.
             return os.open(path, os.O_RDWR | os.O_NONBLOCK)
         except OSError:
             with suppress(OSError):
-                path.unlink()
+                os.unlink(path)
             return None  # a file system without FIFOs: the waiter checks on a short timer
 
     def _close_fifo(self, waiter_id: str, fd: int | None) -> None:
         if fd is not None:
             os.close(fd)
         with suppress(OSError):
-            self._fifo(waiter_id).unlink()
+            os.unlink(self._fifo(waiter_id))
 
     def _withdraw(self, waiter_id: str, keep_grant: bool) -> Lease | None:
         """Leave the queue. A lease granted meanwhile is returned (``keep_grant``) or released."""
@@ -776,13 +781,14 @@ def lease_gpus(
     return lease
 
 
-@dataclass
 class Placement:
-    """Where a job runs: leased devices (released on exit) or the CPU."""
+    """Where a job runs: leased devices (released on exit) or the CPU; ``acquired``: when
+    the job got its place."""
 
-    lease: Lease | None
-    env: dict[str, str]
-    acquired: float = field(default_factory=time.time)  # when the job got its place
+    def __init__(self, lease: Lease | None, env: dict[str, str], acquired: float | None = None):
+        self.lease = lease
+        self.env = env
+        self.acquired = time.time() if acquired is None else acquired
 
     @property
     def gpus(self) -> list[int]:

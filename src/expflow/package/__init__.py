@@ -8,9 +8,11 @@ leases its GPUs before it pays for those imports.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on `expflow run`'s way to its lease
 if TYPE_CHECKING:
+    from typing import Any
+
     from expflow.package.checkpoints import CheckpointInfo, CheckpointStore, RetentionPolicy
     from expflow.package.codestore import CodeFile, CodeStore
     from expflow.package.package import FORMAT, SavePackage, utc_now

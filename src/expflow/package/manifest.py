@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: no typing or pathlib import on the way to the lease
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
 
 FORMAT = "expflow.package/1"
 MANIFEST = "manifest.json"
@@ -46,7 +49,7 @@ def lease_request(package_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     written before the request was recorded): that run is leased the usual way,
     after its package has been checked, and any error is reported there."""
     try:
-        with open(Path(package_dir) / MANIFEST, "rb") as f:
+        with open(os.path.join(package_dir, MANIFEST), "rb") as f:
             m = json.loads(f.read())
     except (OSError, ValueError):
         return None
@@ -60,7 +63,7 @@ def is_package(path: str | os.PathLike[str]) -> bool:
     """A save-package directory: one that holds a manifest (a directory this user may not
     enter holds none)."""
     try:
-        return (Path(path) / MANIFEST).is_file()
+        return os.path.isfile(os.path.join(path, MANIFEST))
     except OSError:
         return False
 
@@ -74,6 +77,8 @@ def package_dirs(runs_dir: str | os.PathLike[str], *, reruns: bool = False) -> l
     lists the packages of a runs directory. Hidden entries are expflow's own (the code
     store, the workflow's logs, reruns); ``reruns`` adds the reruns of :data:`RERUNS`.
     OSError when ``runs_dir`` cannot be listed."""
+    from pathlib import Path
+
     found = sorted(p for p in Path(runs_dir).iterdir() if not p.name.startswith(".") and is_package(p))
     if reruns and (Path(runs_dir) / RERUNS).is_dir():
         found += package_dirs(Path(runs_dir) / RERUNS)
