@@ -228,3 +228,18 @@ def test_the_train_rules_run_command_is_read_without_argparse_and_anything_else_
     for argv in (["run"], ["run", "-h"], ["run", "--help"], ["run", "a", "b"], ["run", "--", "-x"], ["run", ""],
                  ["show", "runs/abc"], ["run", "--working-tree"]):
         assert plain_run(argv) is None, argv  # help, errors and other commands: the full parser
+
+
+def test_the_train_jobs_quick_exit_still_runs_atexit_handlers_and_flushes_its_output(tmp_path):
+    # `expflow run` exits without the interpreter's teardown: what a normal exit does for
+    # the user (atexit handlers, buffered output, the exit status) still happens.
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print('atexit ran'))\n"
+            f"sys.argv = ['expflow', 'run', {str(tmp_path / 'nothing')!r}]\n"
+            "from expflow.cli import command\n"
+            "print('buffered', end=' ')\n"
+            "command()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == "buffered atexit ran\n"
+    assert proc.stderr.startswith("expflow: error: ") and "nothing" in proc.stderr and proc.stderr.count("\n") == 1

@@ -249,6 +249,23 @@ def test_train_jobs_ask_for_a_warning_before_their_time_limit():
     assert train_signal({"train": {"signal_s": None}}) == ""
 
 
+def test_the_train_command_runs_the_package_of_its_config_with_the_warning(tmp_path):
+    """The train rule's command, filled in as Snakemake fills it, gives `expflow run` the
+    config's directory (spaces and all) and the warning in its environment."""
+    import shlex
+    import subprocess
+
+    from expflow.workflow import train_command
+
+    log = tmp_path / "train.log"
+    command = (train_command({"train": {"signal_s": 60}})
+               .replace("{input.config:q}", shlex.quote(str(tmp_path / "my runs" / "abc" / "config.yaml")))
+               .replace("{log}", shlex.quote(str(log))).replace("{{", "{").replace("}}", "}"))
+    fake = 'expflow() { printf "%s|" "$EXPFLOW_STOP_BEFORE_END_S" "$@"; }; '
+    subprocess.run(["bash", "-euo", "pipefail", "-c", fake + command], check=True, timeout=30)
+    assert log.read_text() == f"60|run|{tmp_path / 'my runs' / 'abc'}|"
+
+
 def test_the_time_limit_warning_is_armed_from_the_jobs_end_time(monkeypatch):
     """In a Slurm job the warning fires signal_s before the end time scontrol reports; not in
     a job, without the variable, or with the end nearer than that, no timer."""

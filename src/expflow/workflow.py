@@ -66,6 +66,14 @@ def train_signal(config: dict[str, Any]) -> str:
     return f"EXPFLOW_STOP_BEFORE_END_S={int(seconds)} " if seconds else ""
 
 
+def train_command(config: dict[str, Any]) -> str:
+    """The train rule's command, with Snakemake's placeholders: `expflow run` on the package
+    (the config's directory, which the shell itself takes off the path: no dirname process
+    between a freed device and the next job's lease), with the warning of
+    :func:`train_signal` in its environment, appending to the job's log."""
+    return "c={input.config:q}; " + train_signal(config) + 'expflow run "${{c%/*}}" >> {log} 2>&1'
+
+
 def train_gpus(spec: RunSpec) -> int:
     """The train job's ``gpu`` resource: the run's GPUs (on this machine, or ``--gpus`` for
     Slurm). 0 for a run across nodes, whose GPUs are asked per node (:func:`train_gres`)."""

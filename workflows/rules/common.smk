@@ -8,7 +8,7 @@ from expflow.workflow import (
     cluster_resources,
     train_gpus,
     train_gres,
-    train_signal,
+    train_command,
     config_errors_exit,
     plan_workflow,
     run_priorities,
@@ -55,8 +55,8 @@ def on_failure(rule_name):
 REPORT_HTML = config["report"]["out"] or f"{RUNS_DIR}/report.html"
 # slurm_partition / slurm_account for every rule (from the config or the environment).
 CLUSTER = cluster_resources(config)
-# The train jobs' warning before the time limit (train.signal_s), as their command's environment.
-TRAIN_SIGNAL = train_signal(config)
+# The train jobs' command, with their warning before the time limit (train.signal_s) in its environment.
+TRAIN_COMMAND = train_command(config)
 # Retries belong to the main Snakemake process (it resubmits the job, which continues the
 # package). A rule's `retries:` also applies inside a cluster job step, which would retry
 # a failing run again within the same allocation: none there.

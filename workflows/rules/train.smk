@@ -21,7 +21,6 @@ rule train:
     conda:
         "../envs/expflow.yaml"
     shell:
-        # The package is the config's directory, and the done file is made by the shell itself:
-        # no dirname or touch process between a freed device and the next job's lease.
-        "c={input.config:q}; " + TRAIN_SIGNAL + 'expflow run "${{c%/*}}" >> {log} 2>&1' + on_failure("train")
-        + "; : > {output.done}"
+        # The done file is made by the shell itself: no touch process between a freed device
+        # and the next job's lease.
+        TRAIN_COMMAND + on_failure("train") + "; : > {output.done}"
