@@ -8,6 +8,7 @@ own resumable script, and a ``torchrun`` program.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -315,3 +316,68 @@ def test_command_project_scaffold_runs_its_workflow(tmp_path):
     status = cli(proj, "status")
     assert status.returncode == 0 and "COMPLETED" in status.stdout
     shutil.rmtree(proj / "runs")
+
+
+LEFT_OVER = '''
+import os
+import signal
+import time
+from pathlib import Path
+
+events = Path(os.environ["EVENTS"])
+if (events.parent / "first.pid").exists():  # the run's second program: it writes once and ends
+    with events.open("a") as f:
+        f.write(f"second {os.getpid()}\\n")
+    raise SystemExit(0)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # deaf to the SIGTERM its expflow's death sends
+(events.parent / "first.pid").write_text(str(os.getpid()))
+while True:
+    with events.open("a") as f:
+        f.write(f"first {os.getpid()}\\n")
+    time.sleep(0.05)
+'''
+
+
+def running(pid: int) -> bool:
+    """A live process (a zombie, which an init that reaps nothing keeps, is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_program_left_running_by_a_killed_expflow_is_stopped_before_the_run_continues(tmp_path):
+    """expflow killed with SIGKILL, its program deaf to SIGTERM: `expflow continue` stops that
+    program's group (one warning line) before it starts the program again, so two programs
+    never write into one package."""
+    proj = make_project(tmp_path, LEFT_OVER)
+    events = tmp_path / "events.log"
+    env = env_for(proj, EVENTS=str(events))
+    overrides = ["trainer.progress=plain", "runner.argv=[python,train.py]", "runner.stop_grace_s=1",
+                 "run_id=orphan"]
+    proc = subprocess.Popen([sys.executable, "-m", "expflow.train", *overrides], cwd=proj, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pkg_dir = proj / "runs" / "orphan"
+    wait_for(lambda: events.exists() and events.read_text().count("first") >= 3, 120, "the program to run")
+    pkg = SavePackage.open(pkg_dir)
+    program = pkg.manifest()["command"]["pid"]
+    with open(f"/proc/{program}/stat") as f:
+        supervisor = int(f.read().rsplit(")", 1)[1].split()[1])  # the program's parent: its expflow
+    os.kill(supervisor, signal.SIGKILL)
+    proc.wait(timeout=60)
+    try:
+        assert running(program)  # the program outlived its expflow
+        wait_for(lambda: pkg.status(heartbeat_timeout=60) is Status.CRASHED, 60, "CRASHED")
+        cont = cli(proj, "continue", str(pkg_dir), env=env)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(program, signal.SIGKILL)  # whatever the verdict, no program outlives the test
+    assert cont.returncode == 0, cont.stdout[-2000:] + cont.stderr[-2000:]
+    warnings = [line for line in cont.stderr.splitlines() if f"(process group {program}) still runs" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("expflow: warning: "), cont.stderr[-2000:]
+    lines = events.read_text().splitlines()
+    second = [i for i, line in enumerate(lines) if line.startswith("second")]
+    assert len(second) == 1 and second[0] == len(lines) - 1, lines[-5:]  # nothing of the first after it
+    assert pkg.status() is Status.COMPLETED
+    assert not running(program)

@@ -98,6 +98,28 @@ def packages(proj: Path) -> dict[str, SavePackage]:
     return {p.name: SavePackage.open(p) for p in (proj / "runs").iterdir() if (p / "manifest.json").exists()}
 
 
+# Epochs of at least `epoch_s` each: a run that a signal must catch before its end lasts
+# long enough on any machine (its metrics are those of the default lifecycle's run).
+PACED = '''
+import time
+
+from expflow.lifecycle import Lifecycle
+
+
+class Paced(Lifecycle):
+    def __init__(self, epoch_s, **kwargs):
+        super().__init__(**kwargs)
+        self.epoch_s = float(epoch_s)
+
+    def after_epoch(self, state):
+        time.sleep(self.epoch_s)
+'''
+
+
+def paced(epoch_s: float) -> list[str]:
+    return ["lifecycle._target_=paced.Paced", f"+lifecycle.epoch_s={epoch_s}"]
+
+
 def workflow(sweep: list[str], common: list[str], retries: int = 0) -> dict:
     return {
         "sweep": sweep,
@@ -188,10 +210,11 @@ def test_a_time_limit_warning_stops_the_run_and_the_resubmitted_job_continues_it
     (TIMEOUT); the job fails, Snakemake resubmits it and the new job continues from that step
     until the run completes. Its metrics equal an uninterrupted run's, sacct shows one job per
     attempt and the manifest each stop with its reason and step."""
-    overrides = ["trainer.max_epochs=700", "trainer.log_every_n_steps=1", "gpu.count=1", "seed=3"]
+    # 400 paced epochs: at least 40 s of training, past the warning 30 s into the 1-minute job.
+    overrides = ["trainer.max_epochs=400", "trainer.log_every_n_steps=1", "gpu.count=1", "seed=3", *paced(0.1)]
     wf = workflow([""], overrides, retries=6)
     wf["train"].update(runtime=1, signal_s=30)
-    proj = make_project(tmp_path, wf)
+    proj = make_project(tmp_path, wf, {"src/paced.py": PACED})
     # The uninterrupted reference, trained meanwhile on the other core.
     reference = start_reference(proj, tmp_path, overrides)
     proc = run_on_slurm(proj, tmp_path)
@@ -261,8 +284,9 @@ def test_a_requeued_then_cancelled_job_checkpoints_each_time_and_the_run_complet
     start continues the run, and after the cancel Snakemake resubmits the job (train.retries),
     whose run continues and completes, bit-identical to an uninterrupted run. sacct lists every
     start; the manifest every stop with its reason."""
-    overrides = ["trainer.max_epochs=400", "trainer.log_every_n_steps=1", "gpu.count=1", "seed=4"]
-    proj = make_project(tmp_path, workflow([""], overrides, retries=1))
+    # Paced: the run is still going when each signal comes (at epochs ~5 and ~10 of 400), on any machine.
+    overrides = ["trainer.max_epochs=400", "trainer.log_every_n_steps=1", "gpu.count=1", "seed=4", *paced(0.02)]
+    proj = make_project(tmp_path, workflow([""], overrides, retries=1), {"src/paced.py": PACED})
     # Accounting outlives a cluster restarted with fresh state, whose job ids start again:
     # only this test's records.
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))

@@ -3,6 +3,7 @@ process (CRASHED) and a run waiting for a GPU lease (QUEUED)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -380,3 +381,43 @@ def test_status_shows_runs_stopped_on_a_signal_and_how_often_they_were_requeued(
     assert row.stops == {"TIMEOUT": 1, "PREEMPTED": 1} and row.note == "requeued 2x (TIMEOUT 1, PREEMPTED 1)"
     out = run_cli("status", "--runs", str(runs))
     assert out.returncode == 0 and "requeued 2x" in out.stdout.replace("\n", " "), out.stdout
+
+
+# -- what is left of a recorded process's group --------------------------------------
+def test_the_group_a_dead_program_left_is_found_by_its_recorded_identity(tmp_path):
+    """group_left_over: a recorded leader alive; its child alone once the leader has exited
+    (the group lives on); nothing once all are gone; never another host's or a reused pid's."""
+    from expflow.package.status import HOST, group_left_over, process_identity
+
+    ready = tmp_path / "child.pid"
+    # The leader starts a child in its own group, tells its pid, and waits to be told to exit.
+    leader = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys, time\n"
+         "child = subprocess.Popen(['sleep', '300'])\n"
+         f"open({str(ready)!r}, 'w').write(str(child.pid))\n"
+         "sys.stdin.readline()\n"],
+        stdin=subprocess.PIPE, start_new_session=True, text=True)
+    try:
+        for _ in range(600):
+            if ready.exists() and ready.read_text():
+                break
+            time.sleep(0.05)
+        child = int(ready.read_text())
+        ident = process_identity(leader.pid)
+        assert sorted(group_left_over(ident)) == sorted([leader.pid, child])
+        assert group_left_over({**ident, "host": HOST + "-elsewhere"}) == []
+        assert group_left_over({**ident, "pid_started": float(ident["pid_started"]) - 3600}) == []  # a reused pid
+        assert group_left_over({k: v for k, v in ident.items() if k != "pid_started"}) == []  # an older record
+        leader.communicate("\n", timeout=60)  # the leader exits (reaped here): its child stays in the group
+        assert group_left_over(ident) == [child]
+        os.kill(child, signal.SIGKILL)
+        for _ in range(600):  # the child's parent is gone: whoever reaps it, it is no member once dead
+            if not group_left_over(ident):
+                break
+            time.sleep(0.05)
+        assert group_left_over(ident) == []
+    finally:
+        if leader.poll() is None:
+            leader.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(leader.pid, signal.SIGKILL)

@@ -61,6 +61,44 @@ def process_identity(pid: int | None = None) -> dict[str, object]:
     return {"host": HOST, "pid": pid, "pid_started": round(started, 3)}
 
 
+def group_left_over(ident: dict[str, object]) -> list[int]:
+    """The live processes (zombies not counted) of the process group that a recorded process
+    of this host led, its group's id being its ``pid``: the process itself, or what it
+    started in its group after it died. Empty when the pid is another process's since
+    (Linux gives out no pid a live group still uses), or where /proc cannot tell."""
+    pgid = ident.get("pid")
+    if ident.get("host") != HOST or type(pgid) is not int or pgid <= 1 or ident.get("pid_started") is None:
+        return []
+    try:
+        found = _proc_stat(pgid)
+    except ProcessLookupError:
+        found = None  # the leader is gone: its group lives on while a member does
+    members = []
+    if found is not None:
+        try:
+            if abs(found[1] - float(ident["pid_started"])) >= 1.0:  # type: ignore[arg-type]
+                return []  # the pid is another process's now: the group was gone before
+        except (TypeError, ValueError):
+            return []
+        if found[0] != "Z":
+            members.append(pgid)  # the process itself, even if it left its group since
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if fields[2:3] == [str(pgid).encode()] and fields[0] != b"Z" and int(entry) != pgid:
+            members.append(int(entry))
+    return members
+
+
 def is_claim(entry: dict[str, object]) -> bool:
     """A QUEUED history entry by a process that is about to run the package (it claimed
     it, or waits for its GPUs), as opposed to the entry of a package materialized for

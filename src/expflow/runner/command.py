@@ -37,12 +37,13 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from expflow.config import placeholders
-from expflow.errors import CheckpointError, ConfigError, ExpflowError, RunCrashed
+from expflow.errors import CheckpointError, ConfigError, ExpflowError, PackageError, RunCrashed
 from expflow.package import SavePackage, Status, last_values, utc_now
 from expflow.paths import WriteError, check_package_writable, write_error
 
@@ -262,6 +263,7 @@ def _supervise(pkg: SavePackage, cfg: Any, spec: CommandSpec, resume: str | int 
     if not cwd.is_dir():
         raise ConfigError(f"{pkg.config_path}: runner.cwd: {spec.cwd!r} is not a directory of the code snapshot")
     checkpoint_dir = program_checkpoint_dir(pkg)
+    stop_left_over(pkg, spec)  # before the checkpoint to resume from is chosen: it may write one now
     found = program_checkpoint(pkg, resume) if resume is not None else None
     resuming = found is not None and bool(spec.resume_argv)
     logs = RankLogs(pkg.logs_dir, 0)
@@ -345,7 +347,7 @@ def _supervise(pkg: SavePackage, cfg: Any, spec: CommandSpec, resume: str | int 
             for t in tees:
                 t.start()
             pkg.set_status(Status.RUNNING, device=extra_env.get("CUDA_VISIBLE_DEVICES") or "cpu",
-                           world_size=1, command={"argv": argv, "pid": proc.pid, "cwd": str(cwd)})
+                           world_size=1, command={"argv": argv, "cwd": str(cwd), **_identity(proc.pid)})
             from expflow.interrupt import arm_time_limit_warning
 
             timer = arm_time_limit_warning()  # a Slurm job's warning: to this process, passed on by _wait
@@ -421,6 +423,52 @@ def _supervise(pkg: SavePackage, cfg: Any, spec: CommandSpec, resume: str | int 
                 own_writer.close()
         finally:
             logs.__exit__(None, None, None)
+
+
+def _identity(pid: int) -> dict[str, object]:
+    """host, pid and start time of the program (what a later attempt knows it by, see
+    :func:`stop_left_over`); the pid alone when it is gone already."""
+    from expflow.package.status import process_identity
+
+    try:
+        return process_identity(pid)
+    except Exception:  # exited at once (/proc or psutil: no such process)
+        return {"pid": pid}
+
+
+def stop_left_over(pkg: SavePackage, spec: CommandSpec) -> None:
+    """Stop the program an earlier attempt started on this host if it still runs, before this
+    attempt starts one writing into the same package. That attempt's expflow was killed
+    (SIGKILL, the OOM killer): its program got SIGTERM then (PR_SET_PDEATHSIG) but may
+    ignore it, and what it started in its process group got nothing. The group is told as
+    a stop tells it (``runner.stop_signal``, else SIGTERM: a program that checkpoints on it
+    does so now, and this attempt resumes from there), and killed after ``runner.stop_grace_s``."""
+    from expflow.package.status import group_left_over
+
+    command = pkg.manifest().get("command")
+    if not isinstance(command, dict) or not group_left_over(command):
+        return
+    pgid = int(command["pid"])  # the program's, and its group's (it started a session of its own)
+    what = f"{pkg.path}: the program an earlier attempt started (process group {pgid})"
+    print(f"expflow: warning: {what} still runs: stopping it before this attempt starts", file=sys.stderr, flush=True)
+    for sig, wait_s in ((spec.stop_signal or signal.SIGTERM, spec.stop_grace_s), (signal.SIGKILL, 10.0)):
+        try:
+            if pgid in group_left_over(command):
+                with suppress(ProcessLookupError):
+                    os.kill(pgid, sig)  # the program itself, wherever its group is now
+            with suppress(ProcessLookupError):
+                os.killpg(pgid, sig)
+        except PermissionError:
+            raise PackageError(f"{what} still runs and this user cannot stop it; stop it, then continue the run") \
+                from None
+        deadline = time.monotonic() + wait_s
+        while group_left_over(command):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        else:
+            return
+    raise PackageError(f"{what} still runs after SIGKILL; stop it, then continue the run")
 
 
 def _terminal(logs: Any, stream: str) -> IO[bytes] | None:
