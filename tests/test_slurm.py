@@ -210,8 +210,8 @@ def test_a_time_limit_warning_stops_the_run_and_the_resubmitted_job_continues_it
     (TIMEOUT); the job fails, Snakemake resubmits it and the new job continues from that step
     until the run completes. Its metrics equal an uninterrupted run's, sacct shows one job per
     attempt and the manifest each stop with its reason and step."""
-    # 400 paced epochs: at least 40 s of training, past the warning 30 s into the 1-minute job.
-    overrides = ["trainer.max_epochs=400", "trainer.log_every_n_steps=1", "gpu.count=1", "seed=3", *paced(0.1)]
+    # 300 paced epochs: at least 36 s of training, past the warning 30 s into the 1-minute job.
+    overrides = ["trainer.max_epochs=300", "trainer.log_every_n_steps=1", "gpu.count=1", "seed=3", *paced(0.12)]
     wf = workflow([""], overrides, retries=6)
     wf["train"].update(runtime=1, signal_s=30)
     proj = make_project(tmp_path, wf, {"src/paced.py": PACED})
