@@ -15,7 +15,7 @@ from expflow.errors import ConfigError
 from expflow.package import SavePackage, Status
 from expflow.workflow import RunSpec, plan_workflow, run_priorities, train_seconds
 
-from .conftest import CONF, REPO, run_cli
+from .conftest import CONF, REPO, assert_one_line_error, run_cli, tree_digest
 from .test_workflow import make_project, snakemake
 
 
@@ -243,3 +243,20 @@ def test_the_train_jobs_quick_exit_still_runs_atexit_handlers_and_flushes_its_ou
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout == "buffered atexit ran\n"
     assert proc.stderr.startswith("expflow: error: ") and "nothing" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("where", ["a-file", "a-file/below"])
+def test_a_lease_directory_that_cannot_be_written_is_one_line_and_the_package_stays_as_it_was(tmp_path, gpu_env,
+                                                                                            where):
+    pkg = materialize(tmp_path / "runs", "+freq=regression", "trainer.max_epochs=1")
+    (tmp_path / "a-file").write_text("not a directory")
+    before = tree_digest(pkg.path)
+    proc = run_cli("run", str(pkg.path), env={"EXPFLOW_SIMULATED_GPUS": gpu_env["EXPFLOW_SIMULATED_GPUS"],
+                                              "EXPFLOW_LEASE_DIR": str(tmp_path / where)})
+    assert_one_line_error(proc, "the GPU lease table cannot be used", "EXPFLOW_LEASE_DIR")
+    # Still QUEUED, nothing else touched; its history says why it did not start.
+    after = tree_digest(pkg.path)
+    assert {k: v for k, v in after.items() if "manifest" not in k} == \
+        {k: v for k, v in before.items() if "manifest" not in k}
+    assert pkg.status() is Status.QUEUED
+    assert "the GPU lease table cannot be used" in pkg.manifest()["status_history"][-1]["note"]

@@ -56,6 +56,12 @@ class LeaseError(ExpflowError):
     """No lease can be had (and waiting was not allowed or timed out)."""
 
 
+def _unusable(path: str, e: OSError) -> LeaseError:
+    """The one line for a lease table (its directory, lock or file) that cannot be written."""
+    return LeaseError(f"{path}: the GPU lease table cannot be used ({e.strerror or e}); set {LEASE_DIR_ENV} "
+                      "to a directory every job of this machine can write")
+
+
 class Device(namedtuple("Device", "index name uuid total_mb free_mb simulated", defaults=(False,))):
     """One device: its NVML index (physical order), name, UUID, total and free MiB."""
 
@@ -246,7 +252,10 @@ class _TableLock:
     def __enter__(self) -> _TableLock:
         depth = getattr(self._local, "depth", 0)
         if depth == 0:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as e:
+                raise _unusable(self.path, e) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             except BaseException:
@@ -401,7 +410,13 @@ class LeaseTable:
 
     def __init__(self, path: str | os.PathLike[str] | None = None):
         self.path = os.fspath(path) if path is not None else os.path.join(default_lease_dir(), "leases.json")
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        try:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        except FileExistsError as e:
+            e.strerror = "a file, not a directory"
+            raise _unusable(os.path.dirname(self.path), e) from None
+        except OSError as e:
+            raise _unusable(os.path.dirname(self.path), e) from None
         self.lock = _TableLock(self.path + ".lock")
         self.waiter_dir = os.path.splitext(self.path)[0] + ".waiters"
 
@@ -432,14 +447,19 @@ class LeaseTable:
                            "waiters": [dict(w.__dict__) for w in st.waiters]}, separators=(",", ":")).encode()
         head, name = os.path.split(self.path)
         tmp = os.path.join(head, f".{name}.tmp")  # one writer at a time: the lock's holder
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except OSError as e:  # a full or read-only disk: the table as it was stays
+            with suppress(OSError):
+                os.unlink(tmp)
+            raise _unusable(self.path, e) from None
 
     def _fifo(self, waiter_id: str) -> str:
         return os.path.join(self.waiter_dir, f"{waiter_id}.fifo")
