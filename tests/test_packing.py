@@ -166,6 +166,18 @@ def test_the_config_decides_when_the_manifests_request_disagrees(tmp_path, gpu_e
     assert pkg.status() is Status.COMPLETED and pkg.manifest()["gpus"] == [0]
 
 
+@pytest.mark.parametrize("key, value", [("count", -1), ("mem_mb", -5), ("max_jobs_per_gpu", 0)])
+def test_a_request_out_of_range_in_the_manifest_leases_nothing_early(tmp_path, gpu_env, key, value):
+    pkg = materialize(tmp_path / "runs", "+freq=regression", "trainer.max_epochs=1")
+    m = json.loads(pkg.manifest_path.read_text())
+    m["lease_request"][key] = value  # edited by hand: never a lease the config could not ask for
+    pkg.manifest_path.write_text(json.dumps(m))
+    proc, loaded = run_with_probe(pkg, gpu_env)
+    assert proc.returncode == 0, proc.stderr
+    assert len(loaded) == 1 and "expflow.package.package" in loaded[0]  # leased the usual way, after the checks
+    assert pkg.status() is Status.COMPLETED and pkg.manifest()["gpus"] == [0]
+
+
 def test_no_gpu_and_no_cpu_fallback_is_one_line_recorded_in_the_package(tmp_path):
     pkg = materialize(tmp_path / "runs", "+freq=regression", "gpu.allow_cpu=false")
     # A scheduler that granted no device (CUDA_VISIBLE_DEVICES empty): no GPU, on any machine.

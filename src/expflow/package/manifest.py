@@ -39,8 +39,10 @@ def lease_request_of(config: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _well_typed(request: dict[str, Any]) -> bool:
-    """Every lease key present with exactly its type (a bool is no count)."""
-    return set(request) == set(LEASE_KEYS) and all(type(request[k]) is t for k, t in LEASE_KEYS.items())
+    """Every lease key present with exactly its type (a bool is no count), and in its range
+    (what the config's schema allows: an edited manifest leases nothing it would not)."""
+    return (set(request) == set(LEASE_KEYS) and all(type(request[k]) is t for k, t in LEASE_KEYS.items())
+            and request["count"] >= 0 and request["mem_mb"] >= 0 and request["max_jobs_per_gpu"] >= 1)
 
 
 def lease_request(package_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
