@@ -304,6 +304,22 @@ def test_a_table_of_an_earlier_version_is_read(sim):
     assert lease_gpus(1, 0, 1, table=table, wait=False).devices == [1]
 
 
+def test_entries_of_another_shape_in_the_table_are_not_read_and_the_rest_is(sim):
+    """A table damaged or edited by hand: an entry with a field of another type or out of
+    range is skipped (it protects nothing), a well-formed one still counts, nothing raises."""
+    table = sim("3x1000")
+    good = {"id": "good", "devices": [1], "mem_mb": 0, "owner": "o", "host": "another-host", "pid": 1,
+            "pid_started": None, "time": 0.0, "max_jobs": 1, "from_a_later_version": True}
+    bad = [{**good, "id": 1}, {**good, "devices": "0"}, {**good, "devices": [0, None]}, {**good, "mem_mb": "a"},
+           {**good, "mem_mb": -10}, {**good, "pid": "p"}, {**good, "time": "t"}, {**good, "max_jobs": 0},
+           {**good, "devices": [True]}, {k: v for k, v in good.items() if k != "owner"}, [0], "lease"]
+    waiters = [{"id": "w", "seq": 1, "count": -3, "mem_mb": 0, "max_jobs": 1, "owner": "", "host": "another-host",
+                "pid": 1, "pid_started": None, "time": 0, "view": "3x1000"}, {"id": "v"}, None]
+    Path(table.path).write_text(json.dumps({"version": 2, "seq": "x", "leases": [*bad, good], "waiters": waiters}))
+    assert [le.id for le in table.active()] == ["good"] and table._read().waiters == []
+    assert lease_gpus(2, 0, 1, table=table, wait=False).devices == [0, 2]  # around the one real holder
+
+
 def test_count_beyond_the_devices_with_enough_memory_fails_at_once(sim):
     table = sim("1x81920,1x40960")
     with pytest.raises(LeaseError, match="only 1 device"):

@@ -78,7 +78,9 @@ class Lease(SimpleNamespace):
     (None once released; not recorded). ``max_jobs``: the holder's gpu.max_jobs_per_gpu, no
     more jobs join it on its devices."""
 
-    FIELDS = ("id", "devices", "mem_mb", "owner", "host", "pid", "pid_started", "time", "max_jobs")
+    # What each recorded field must be (see _valid): an entry of another shape is not read.
+    FIELDS = {"id": "str", "devices": "nats", "mem_mb": "nat", "owner": "str", "host": "str", "pid": "int",
+              "pid_started": "num?", "time": "num", "max_jobs": "pos?"}
 
     def __init__(self, id: str, devices: list[int], mem_mb: int, owner: str, host: str, pid: int,
                  pid_started: float | None, time: float, table: str | None = None, max_jobs: int | None = None):
@@ -215,8 +217,8 @@ class _Waiter(SimpleNamespace):
     its lease will have; ``view``: the inventory it was made against (a simulated spec, or
     "nvml"); ``allowed``: the scheduler's grant (CUDA_VISIBLE_DEVICES) of the waiter."""
 
-    FIELDS = ("id", "seq", "count", "mem_mb", "max_jobs", "owner", "host", "pid", "pid_started", "time",
-              "view", "allowed")
+    FIELDS = {"id": "str", "seq": "int", "count": "pos", "mem_mb": "nat", "max_jobs": "pos", "owner": "str",
+              "host": "str", "pid": "int", "pid_started": "num?", "time": "num", "view": "str", "allowed": "strs?"}
 
     def __init__(self, id: str, seq: int, count: int, mem_mb: int, max_jobs: int, owner: str, host: str,
                  pid: int, pid_started: float | None, time: float, view: str, allowed: list[str] | None = None):
@@ -294,17 +296,35 @@ def _view() -> str:
     return os.environ.get(SIMULATED_ENV) or "nvml"
 
 
+def _valid(value: Any, kind: str) -> bool:
+    """``value`` is of ``kind``: str, int, nat (an int >= 0), pos (an int >= 1), num (an int
+    or a float), nats / strs (a list of them); a trailing ? admits None. A bool is no number."""
+    if kind.endswith("?"):
+        return value is None or _valid(value, kind[:-1])
+    if kind == "str":
+        return isinstance(value, str)
+    if kind in ("int", "nat", "pos"):
+        return type(value) is int and value >= {"int": value, "nat": 0, "pos": 1}[kind]
+    if kind == "num":
+        return type(value) in (int, float) and value == value  # not NaN
+    if kind in ("nats", "strs"):
+        return isinstance(value, list) and all(_valid(v, kind[:-1]) for v in value)
+    raise ValueError(kind)
+
+
 def _from_json(cls: type[Any], items: Any) -> list[Any]:
+    """The entries of ``cls`` in a list read from the table: fields this version does not know
+    are left out; an entry missing a field, or with one of another type (a table damaged or
+    written by hand), is not read (it protects nothing, as an unreadable table)."""
     out = []
     for item in items if isinstance(items, list) else []:
         if not isinstance(item, dict):
             continue
-        try:
-            out.append(cls(**item))
-        except TypeError:  # a field this version does not know (kept out), or one missing (unusable)
+        known = {k: v for k, v in item.items() if k in cls.FIELDS}
+        if all(_valid(v, cls.FIELDS[k]) for k, v in known.items()):
             try:
-                out.append(cls(**{k: v for k, v in item.items() if k in cls.FIELDS}))
-            except TypeError:
+                out.append(cls(**known))
+            except TypeError:  # a field missing
                 continue
     return out
 
