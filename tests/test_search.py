@@ -402,3 +402,53 @@ def test_a_trial_stopped_on_a_signal_stays_for_the_next_slot():
     from expflow.search.slot import INTERRUPTED
 
     assert set(REASONS) <= set(INTERRUPTED) and {"Terminated", "KeyboardInterrupt"} <= set(INTERRUPTED)
+
+
+LOCK_HOLDER = """
+import os, sys, threading
+from expflow.search.study import claim_lock, journal_storage
+os.chdir(sys.argv[2])  # the runs directory given relative, as the workflow gives it
+if sys.argv[1] == "journal":
+    journal_storage("runs/.search/s/study.journal")._backend._lock.acquire()  # as an append holds it
+else:
+    held = claim_lock("runs", "s")
+    held.__enter__()
+print("held", flush=True)
+threading.Event().wait(300)  # until killed
+"""
+WAITER = """
+import os, sys, threading
+import optuna.storages.journal
+from optuna.study import StudyDirection
+from expflow.search.study import claim_lock, journal_storage
+os.chdir(sys.argv[2])
+before = os.times().user + os.times().system  # the wait alone counts, not the imports
+if sys.argv[1] == "journal":
+    storage = journal_storage("runs/.search/s/study.journal")
+    threading.Thread(target=lambda: storage.create_new_study([StudyDirection.MAXIMIZE], "s"), daemon=True).start()
+else:
+    threading.Thread(target=lambda: claim_lock("runs", "s").__enter__(), daemon=True).start()
+threading.Event().wait(1.5)
+print(os.times().user + os.times().system - before)
+"""
+
+
+@pytest.mark.parametrize("which", ["journal", "claims"])
+def test_a_lock_a_killed_slot_left_is_waited_on_asleep(tmp_path, which):
+    """A slot killed (SIGKILL) while it held the study's journal or claim lock leaves the lock's
+    symlink. The next slot waits out its grace period asleep: with a relative runs directory the
+    link's target once resolved nowhere, and Optuna's lock then retried at once, at 100% CPU, for
+    ever (the workflow rerun after a kill hung)."""
+    (tmp_path / "runs" / ".search" / "s").mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, which, str(tmp_path)], stdout=subprocess.PIPE,
+                              text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline() == "held\n"
+    finally:
+        holder.kill()
+        holder.wait()
+    proc = subprocess.run([sys.executable, "-c", WAITER, which, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    cpu = float(proc.stdout.split()[-1])
+    assert cpu < 0.5, f"{cpu:.2f} s of CPU in 1.5 s of waiting: the waiter spins"

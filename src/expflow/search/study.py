@@ -9,6 +9,7 @@ the same kind of lock, ``claim.lock`` beside it.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -106,7 +107,11 @@ def journal_storage(path: str | Path) -> Any:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
-    path = str(path)
+    # Absolute: the lock is a symlink to this path, and Optuna's lock judges a lock left by a
+    # killed process stale by the mtime of the link's target (os.stat follows the link). A
+    # relative target resolves against the link's own directory, where nothing is: the waiter
+    # would retry at once for ever, at 100% CPU, never reaching the grace period.
+    path = os.path.abspath(path)
     return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileSymlinkLock(path)))
 
 
@@ -115,7 +120,12 @@ def claim_lock(runs_dir: str | Path, name: str) -> Iterator[None]:
     """The search's claim lock (a symlink lock: safe on a shared file system)."""
     from optuna.storages.journal import JournalFileSymlinkLock
 
-    lock = JournalFileSymlinkLock(str(search_dir(runs_dir, name) / "claims"), grace_period=60)
+    # The link's target must exist, at an absolute path (see journal_storage): else a lock a
+    # killed slot left would be waited on for ever, spinning.
+    target = os.path.abspath(search_dir(runs_dir, name) / "claims")
+    with open(target, "a"):
+        pass
+    lock = JournalFileSymlinkLock(target, grace_period=60)
     lock.acquire()
     try:
         yield
