@@ -304,7 +304,8 @@ def _valid(value: Any, kind: str) -> bool:
     if kind == "str":
         return isinstance(value, str)
     if kind in ("int", "nat", "pos"):
-        return type(value) is int and value >= {"int": value, "nat": 0, "pos": 1}[kind]
+        minimum = {"int": None, "nat": 0, "pos": 1}[kind]
+        return type(value) is int and (minimum is None or value >= minimum)
     if kind == "num":
         return type(value) in (int, float) and value == value  # not NaN
     if kind in ("nats", "strs"):
